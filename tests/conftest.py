@@ -1,0 +1,44 @@
+"""Shared fixtures: a tiny dataset folder in the lab's layout, and offline defaults."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tiny_data_dir(tmp_path: Path) -> Path:
+    """A folder laid out like ../shared/data with a few rows of each dataset."""
+    (tmp_path / "sst2").mkdir()
+    rows = ["sentence\tlabel", "a gorgeous film .\t1", "dull and lifeless .\t0", "warm , funny .\t1", "a mess .\t0"]
+    (tmp_path / "sst2" / "train.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (tmp_path / "sst2" / "dev.tsv").write_text("\n".join(rows[:3]) + "\n", encoding="utf-8")
+    (tmp_path / "imdb").mkdir()
+    with gzip.open(tmp_path / "imdb" / "test.jsonl.gz", "wt", encoding="utf-8") as fh:
+        for i, (text, label) in enumerate([("Loved it.", 1), ("Hated it.", 0)]):
+            fh.write(json.dumps({"text": text, "label": label, "id": f"{i}_x.txt"}) + "\n")
+    (tmp_path / "wikitext2").mkdir()
+    (tmp_path / "wikitext2" / "wiki.test.tokens").write_text(
+        " \n = Title = \n \n The cat sat on the mat . It was a <unk> day . \n", encoding="utf-8"
+    )
+    return tmp_path
+
+
+@pytest.fixture
+def shared_data_dir() -> Path:
+    """The lab's real offline copies (`$LABKIT_DATA_DIR` or ../shared/data); skips when absent."""
+    candidates = [os.environ.get("LABKIT_DATA_DIR"), str(REPO.parent / "shared" / "data")]
+    for c in candidates:
+        if c and (Path(c) / "sst2" / "dev.tsv").exists():
+            return Path(c)
+    pytest.skip("the lab's dataset copies are not here (set LABKIT_DATA_DIR)")

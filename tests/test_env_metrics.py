@@ -1,0 +1,56 @@
+"""labkit.env (report and profile on a CPU) and labkit.metrics (offline evaluate metrics)."""
+
+import pytest
+import torch
+
+from labkit import env, metrics
+
+
+def test_profile_defaults_and_validation(monkeypatch):
+    monkeypatch.delenv(env.PROFILE_VARIABLE, raising=False)
+    assert env.get_profile() == ("full" if torch.cuda.is_available() else "quick")
+    monkeypatch.setenv(env.PROFILE_VARIABLE, "FULL")
+    assert env.get_profile() == "full"
+    monkeypatch.setenv(env.PROFILE_VARIABLE, "fast")
+    with pytest.raises(ValueError, match="quick, full"):
+        env.get_profile()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU report")
+def test_report_on_cpu(monkeypatch):
+    monkeypatch.setenv(env.PROFILE_VARIABLE, "quick")
+    rep = env.report()
+    assert rep.device == "cpu" and rep.compute_capability is None and rep.profile == "quick"
+    assert rep.versions["torch"] == torch.__version__ and "torchao" in rep.versions and "flash-attn" in rep.versions
+    assert rep.threads == torch.get_num_threads()
+    # every registered backend is listed with "available" or the reason it is not
+    assert rep.backends, "the attention backend registry reported nothing"
+    assert rep.backends["eager"] == "available"
+    text = str(rep)
+    assert "profile" in text and "attention backends" in text
+
+
+def test_provenance_has_what_result_files_need():
+    prov = env.provenance(command="python -m labkit.bench test")
+    for key in ("date", "command", "device", "device_name", "cpu", "threads", "versions"):
+        assert key in prov
+    assert prov["command"] == "python -m labkit.bench test"
+
+
+def test_metrics_offline_match_hand_computed_values():
+    out = metrics.classification_metrics([1, 0, 1, 1], [1, 0, 0, 1])
+    assert out["accuracy"] == pytest.approx(0.75)
+    assert out["f1"] == pytest.approx(0.8)  # precision 2/3, recall 1
+
+
+def test_trainer_compute_metrics_takes_logits():
+    import numpy as np
+
+    logits = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    assert metrics.trainer_compute_metrics((logits, np.array([1, 0, 0]))) == pytest.approx({"accuracy": 2 / 3, "f1": 2 / 3})  # P=1/2, R=1
+
+
+def test_metrics_are_evaluate_modules():
+    import evaluate
+
+    assert isinstance(metrics.load_metric("accuracy"), evaluate.EvaluationModule)
