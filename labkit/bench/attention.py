@@ -1,0 +1,291 @@
+"""`python -m labkit.bench attention`: prefill latency and peak memory against sequence length, per backend.
+
+    full   (GPU) llama-2-7b shape, random weights, bf16, batch 1, N = 512 ... 32768, every available backend,
+           the kernel benchmark and its plain-script check; about 3-5 minutes on an H100.
+    quick  (CPU or GPU) tiny-llama, N = 64, 128, 256: the same code path in about a minute.
+
+Writes data/reference/attention_<device>.json (device: "cpu" or a GPU slug such as "h100") with provenance,
+`rows` (backend, seq_len, latency_ms, peak_gib, oom, ...), `kernels`, the memory model and the backend status.
+Each finished point is appended to <out>.jsonl and the JSON (status "running") is rewritten, so an interrupted
+run keeps what it measured; the JSONL is removed once the JSON is complete.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+REFERENCE_DIR = Path("data") / "reference"
+SWEEP_ORDER = ("fa2", "sdpa", "cudnn", "flash-attn", "eager")  # the fast ones first, eager (which OOMs) last
+
+PROFILES = {
+    "full": dict(model="llama-2-7b", seq_lens=[512, 1024, 2048, 4096, 8192, 16384, 32768], batch_size=1,
+                 dtype="bfloat16"),
+    "quick": dict(model="tiny-llama", seq_lens=[64, 128, 256], batch_size=1, dtype=None),
+}
+
+
+def device_slug(device: torch.device | str | None = None) -> str:
+    """"cpu", or a short GPU name for file names: "NVIDIA H100 80GB HBM3" -> "h100"."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type != "cuda":
+        return device.type
+    name = torch.cuda.get_device_name(device).lower()
+    for word in ("nvidia", "geforce", "tesla", "rtx"):
+        name = name.replace(word, " ")
+    match = re.search(r"[a-z]*\d+[a-z]*", name)
+    return match.group(0) if match else "gpu"
+
+
+def default_out(experiment: str, device: torch.device | str | None = None) -> Path:
+    """data/reference/<experiment>_<device slug>.json (relative to the working directory, the repo root)."""
+    return REFERENCE_DIR / f"{experiment}_{device_slug(device)}.json"
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    """Write JSON atomically (temp file + rename), so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def device_memory_gib(device: torch.device | str) -> tuple[float, str]:
+    """(capacity in GiB, label): GPU memory, or the machine's RAM on a CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory / 2**30, "GPU memory"
+    import psutil
+
+    return psutil.virtual_memory().total / 2**30, "CPU RAM"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", default=None, help="shape or embedded model (default: by profile)")
+    parser.add_argument("--backends", default=None, help="comma-separated (default: every backend, "
+                        "unavailable ones recorded with their reason)")
+    parser.add_argument("--seq-lens", default=None, help="comma-separated sequence lengths (default: by profile)")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--dtype", default=None, help="bfloat16, float16 or float32 (default: by profile)")
+    parser.add_argument("--no-kernels", action="store_true", help="skip the kernel benchmark")
+    parser.add_argument("--no-verify", action="store_true", help="skip the profiler check of the kernel")
+
+
+def run(args) -> dict:
+    """Run the sweep (+ kernel benchmark) of a profile and write the result file; returns its content."""
+    from labkit.attention import BACKENDS, backend_status
+    from labkit.attention.memory_model import ModelShape, memory_curves
+    from labkit.bench.kernels import kernel_benchmark
+    from labkit.bench.sweep import ModelSpec, sweep
+    from labkit.env import get_profile, provenance
+
+    profile = args.profile or get_profile()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if profile == "full" and device.type != "cuda":
+        raise SystemExit("the full attention profile (llama-2-7b shape, up to 32k tokens) needs an NVIDIA GPU; "
+                         "on a CPU run `python -m labkit.bench attention --profile quick`.")
+    cfg = dict(PROFILES[profile])
+    if getattr(args, "model", None):
+        cfg["model"] = args.model
+    if getattr(args, "seq_lens", None):
+        cfg["seq_lens"] = [int(n) for n in args.seq_lens.split(",")]
+    if getattr(args, "batch_size", None):
+        cfg["batch_size"] = args.batch_size
+    if getattr(args, "dtype", None):
+        cfg["dtype"] = args.dtype
+    backends = args.backends.split(",") if getattr(args, "backends", None) else [
+        b for b in SWEEP_ORDER if BACKENDS[b].in_sweep]
+    spec = ModelSpec(cfg["model"], cfg["dtype"])
+    out = Path(args.out) if args.out else default_out("attention", device)
+    jsonl = out.with_suffix(".jsonl")
+    jsonl.unlink(missing_ok=True)
+    capacity, capacity_label = device_memory_gib(device)
+    shape = ModelShape.named(cfg["model"])
+    dtype = spec.torch_dtype(device)
+    grid = sorted({*cfg["seq_lens"], *[int(2 ** (k / 4)) for k in range(4 * 6, 4 * 15 + 1)]})
+    grid = [n for n in grid if min(cfg["seq_lens"]) <= n <= max(cfg["seq_lens"])]
+    command = "python -m labkit.bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
+    result = {
+        "provenance": provenance(command),
+        "experiment": "attention",
+        "status": "running",
+        "config": {**cfg, "dtype": str(dtype).removeprefix("torch."), "backends": backends, "profile": profile,
+                   "measured": "model(input_ids, use_cache=False, logits_to_keep=1): full forward (prefill), "
+                               "no KV cache kept, logits of the last token only; random token ids",
+                   "weights": "random (same shapes, kernels, speed and memory as the trained model)"
+                   if cfg["model"] != "smollm2-135m" else "trained (embedded SmolLM2-135M)"},
+        "device_memory_gib": capacity,
+        "device_memory_label": capacity_label,
+        "backend_status": backend_status(device),
+        "rows": [],
+        "memory_model": {"shape": shape.as_dict(), "batch_size": cfg["batch_size"],
+                         "dtype": str(dtype).removeprefix("torch."),
+                         "curves": memory_curves(shape, grid, cfg["batch_size"], dtype)},
+    }
+    write_json(out, result)
+
+    def on_point(row: dict) -> None:
+        result["rows"].append(row)
+        write_json(out, result)
+        status = "ok" if row["ok"] else "OOM" if row["oom"] else "skipped" if row["skipped"] else "FAILED"
+        mem = f"{row['peak_gib']:.2f} GiB" if row.get("peak_gib") is not None else "-"
+        lat = f"{row['latency_ms']:.1f} ms" if row.get("latency_ms") is not None else "-"
+        print(f"  {row['backend']:<10} N={row['seq_len']:<6} {status:<7} {lat:>12} {mem:>11}"
+              + (f"  {row['error'][:90]}" if row.get("error") and not row["ok"] else ""), flush=True)
+
+    if not getattr(args, "no_kernels", False):
+        # first, in a process the profiler has not touched yet (the sweep's kernel check uses it)
+        print("kernel benchmark (attention alone) ...", flush=True)
+        result["kernels"] = kernel_benchmark(profile, device, progress=True)
+        for r in result["kernels"]["rows"]:
+            status = f"{r['ms']:.3f} ms  {r['tflops']:.3g} TFLOP/s" if r["ok"] else (r["error"] or "")[:90]
+            print(f"  {r['backend']:<10} N={r['seq_len']:<6} {status}")
+        for c in result["kernels"]["plain_script_check"]:
+            print(f"  plain-script check N={c['seq_len']}: harness/plain = {c['ratio']}  {c['error'] or ''}")
+        write_json(out, result)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    print(f"attention sweep ({profile}): {cfg['model']} {result['config']['dtype']} batch {cfg['batch_size']} on "
+          f"{device_slug(device)}, N={cfg['seq_lens']}, backends={backends}; writing {out}", flush=True)
+    sweep(spec, backends, cfg["seq_lens"], cfg["batch_size"], device=device, out=jsonl, on_point=on_point,
+          progress=False, verify=device.type == "cuda" and not getattr(args, "no_verify", False))
+    result["status"] = "complete"
+    write_json(out, result)
+    jsonl.unlink(missing_ok=True)  # everything is in the JSON now; the JSONL only matters for an interrupted run
+    print(f"wrote {out}", flush=True)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reading committed results (notebook 02)
+
+
+def reference_dir() -> Path:
+    """Where committed results are read from: `$LABKIT_REFERENCE_DIR` if set, else data/reference of the
+    repository labkit lives in (falling back to the working directory's)."""
+    if os.environ.get("LABKIT_REFERENCE_DIR"):
+        return Path(os.environ["LABKIT_REFERENCE_DIR"])
+    here = Path(__file__).resolve().parents[2] / REFERENCE_DIR
+    return here if here.is_dir() else Path.cwd() / REFERENCE_DIR
+
+
+def load_reference(experiment: str = "attention", gpu_only: bool = True, directory: str | Path | None = None
+                   ) -> tuple[dict | None, str]:
+    """(newest committed full-profile result of `experiment`, message). With gpu_only, CPU files are ignored.
+    Returns (None, why) when there is none, so a notebook can say so instead of failing."""
+    directory = Path(directory) if directory is not None else reference_dir()
+    found = []
+    for path in sorted(directory.glob(f"{experiment}_*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            return None, f"{path} could not be read ({err}); regenerate it with `python -m labkit.bench {experiment}`"
+        if gpu_only and data.get("provenance", {}).get("device") != "cuda":
+            continue
+        if data.get("config", {}).get("profile", "full") != "full":  # a quick smoke run is not a reference
+            continue
+        found.append((data.get("provenance", {}).get("date", ""), path, data))
+    if not found:
+        return None, (f"no committed GPU result `{experiment}_<gpu>.json` in {directory} yet. It is written by "
+                      f"`python -m labkit.bench {experiment} --profile full` on an NVIDIA GPU.")
+    _, path, data = max(found, key=lambda t: t[0])
+    return data, f"loaded {path.name}"
+
+
+def provenance_lines(result: dict) -> str:
+    """A short human-readable provenance block."""
+    p = result.get("provenance", {})
+    v = p.get("versions", {})
+    cfg = result.get("config", {})
+    return "\n".join([
+        f"device       {p.get('device_name')} (compute capability {p.get('compute_capability')}), "
+        f"{result.get('device_memory_gib', 0):.1f} GiB",
+        f"driver       {p.get('driver')}, CUDA {p.get('cuda')}, cuDNN {p.get('cudnn')}",
+        f"versions     torch {v.get('torch')}, transformers {v.get('transformers')}, flash-attn {v.get('flash-attn')}",
+        f"date         {p.get('date')}",
+        f"command      {p.get('command')}",
+        f"model        {cfg.get('model')} ({cfg.get('weights', '')}), {cfg.get('dtype')}, "
+        f"batch {cfg.get('batch_size')}",
+        f"measured     {cfg.get('measured', '')}",
+        f"status       {result.get('status')}",
+    ])
+
+
+def _row(rows: list[dict], backend: str, n: int) -> dict | None:
+    return next((r for r in rows if r["backend"] == backend and r["seq_len"] == n), None)
+
+
+def check_targets(result: dict) -> list[dict]:
+    """The issue's targets, checked against a result file: [{target, measured, passed}] (passed None: no data)."""
+    rows = result.get("rows", [])
+    checks = []
+
+    eager_fail = sorted(r["seq_len"] for r in rows if r["backend"] == "eager" and r.get("oom") and not r.get("skipped"))
+    eager_16k = _row(rows, "eager", 16384)
+    if eager_fail:
+        measured, passed = f"eager first out of memory at N={eager_fail[0]}", eager_fail[0] <= 16384
+    elif eager_16k and eager_16k["ok"]:
+        measured, passed = f"eager ran at N=16384 ({eager_16k['peak_gib']:.1f} GiB peak)", False
+    else:
+        measured, passed = "no eager out-of-memory point recorded", None
+    checks.append(dict(target="eager runs out of memory at or before 16k tokens", measured=measured, passed=passed))
+
+    fa2, eager = _row(rows, "fa2", 8192), _row(rows, "eager", 8192)
+    if fa2 and eager and fa2["ok"] and eager["ok"]:
+        speed = eager["latency_ms"] / fa2["latency_ms"]
+        mem = fa2["peak_gib"] / eager["peak_gib"]
+        checks.append(dict(target="at 8k, fa2 at least 4x faster than eager", measured=f"{speed:.2f}x "
+                           f"({eager['latency_ms']:.0f} ms against {fa2['latency_ms']:.0f} ms)", passed=speed >= 4))
+        checks.append(dict(target="at 8k, fa2 peak memory at most half of eager's", measured=f"{mem:.2f} "
+                           f"({fa2['peak_gib']:.1f} GiB against {eager['peak_gib']:.1f} GiB)", passed=mem <= 0.5))
+    else:
+        for target in ("at 8k, fa2 at least 4x faster than eager", "at 8k, fa2 peak memory at most half of eager's"):
+            checks.append(dict(target=target, measured="fa2 or eager not measured at 8192", passed=None))
+
+    for backend in ("fa2", "sdpa"):
+        r = _row(rows, backend, 32768)
+        checks.append(dict(target=f"{backend} reaches 32k tokens",
+                           measured=("ran at N=32768" + (f" ({r['peak_gib']:.1f} GiB, {r['latency_ms']:.0f} ms)"
+                                                          if r["ok"] else f": {r.get('error')}")) if r else "not run",
+                           passed=bool(r and r["ok"]) if r else None))
+
+    plain = [c for c in result.get("kernels", {}).get("plain_script_check", []) if c.get("ratio") is not None]
+    if plain:
+        worst = min(plain, key=lambda c: c["ratio"])
+        checks.append(dict(target="kernel benchmark fa2 within 10% of a plain script",
+                           measured=", ".join(f"N={c['seq_len']}: {c['harness_tflops']:.0f} against "
+                                              f"{c['plain_tflops']:.0f} TFLOP/s" for c in plain),
+                           passed=abs(1 - worst["ratio"]) <= 0.10 and all(abs(1 - c["ratio"]) <= 0.10 for c in plain)))
+    else:
+        checks.append(dict(target="kernel benchmark fa2 within 10% of a plain script",
+                           measured="no plain-script comparison in the file", passed=None))
+    return checks
+
+
+def summary_rows(result: dict, baseline: str = "eager") -> list[dict]:
+    """Per measured point: latency, speed-up over `baseline` at the same N, peak memory and the memory model's
+    prediction for it (from the shape and dtype stored in the result)."""
+    from labkit.attention.memory_model import GIB, ModelShape, predicted_peak_bytes
+
+    mm = result.get("memory_model", {})
+    shape = ModelShape(**mm["shape"]) if "shape" in mm else None
+    rows = [r for r in result.get("rows", []) if r.get("ok")]
+    base = {r["seq_len"]: r for r in rows if r["backend"] == baseline}
+    out = []
+    for r in sorted(rows, key=lambda r: (r["seq_len"], r["backend"])):
+        b = base.get(r["seq_len"])
+        model = (predicted_peak_bytes(shape, r["seq_len"], r["backend"], r.get("batch_size", 1),
+                                      mm.get("dtype", "bfloat16")) / GIB) if shape else None
+        out.append(dict(seq_len=r["seq_len"], backend=r["backend"], latency_ms=r["latency_ms"],
+                        speedup_vs_eager=b["latency_ms"] / r["latency_ms"] if b else None,
+                        peak_gib=r["peak_gib"], model_peak_gib=model))
+    return out
