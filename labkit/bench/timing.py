@@ -59,7 +59,7 @@ def time_callable(
                 t0 = time.perf_counter()
                 fn()
                 times.append((time.perf_counter() - t0) * 1e3)
-    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
+    q = statistics.quantiles(times, n=10, method="inclusive") if len(times) >= 2 else [times[0]] * 9
     return Timing(
         median_ms=statistics.median(times), p10_ms=q[0], p90_ms=q[-1], repeats=repeat, warmup=warmup,
         device=str(device), threads=torch.get_num_threads(),
@@ -82,5 +82,7 @@ def is_oom(err: BaseException) -> bool:
     """True for out-of-memory errors from CUDA or the CPU allocator."""
     if isinstance(err, torch.OutOfMemoryError):
         return True
+    if isinstance(err, MemoryError):
+        return True
     msg = str(err).lower()
-    return isinstance(err, (RuntimeError, MemoryError)) and ("out of memory" in msg or isinstance(err, MemoryError))
+    return isinstance(err, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
