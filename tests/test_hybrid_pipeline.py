@@ -1,0 +1,136 @@
+"""The hybrid pipeline in quick mode on a tiny Llama: every variant built, checked and measured; only the
+selected layers INT8 / fake-quantized; the rest untouched; targets judged; the bench command's file."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from labkit.models import build_from_shape
+from labkit.pipelines import hybrid as hy
+from labkit.quant.selection import EmptySelectionError
+
+FF = [f"model.layers.{b}.mlp.{r}_proj" for b in (0, 1) for r in ("gate", "up", "down")]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_from_shape("tiny-llama", dtype=torch.float32, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def blocks():
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (4, 32), generator=g), torch.randint(0, 256, (8, 32), generator=g)
+
+
+def _cfg(**kw):
+    base = dict(seq_len=32, train_steps=2, train_batch=2, eval_batch=4, prefill_lengths=(32,), prefill_repeat=1,
+                decode_prompt=8, decode_tokens=2)
+    return hy.HybridConfig.for_profile("quick", "cpu", **(base | kw))
+
+
+@pytest.mark.slow
+def test_quick_pipeline_every_variant(tiny, blocks):
+    test, train = blocks
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    res = hy.run_hybrid(_cfg(variants=tuple(hy.VARIANTS)), tiny, test_blocks=test, train_blocks=train,
+                        progress=False, log=None, strict=True)
+    table = res.table()
+    assert list(table.index) == list(hy.VARIANTS)
+    assert res.selected == FF
+    assert table["ppl"].notna().all() and (table["ppl"] > 1).all()
+    int8 = ["ptq-w8", "ptq-w8a8", "ft-ptq-w8", "ft-ptq-w8a8", "qat-w8", "qat-w8a8"]
+    assert table.loc["base", "int8_layers"] == 0 and (table.loc[int8, "int8_layers"] == 6).all()
+    assert table.loc["ptq-w8", "size_mb"] < table.loc["base", "size_mb"]
+    assert table["prefill_ms_32"].notna().all() and table["decode_tok_s"].notna().all()
+    for name, check in res.checks.items():
+        assert check["ok"], (name, check)
+        assert check["attention_ok"] and check["backend"] == "sdpa"
+        assert check["unselected_untouched"] and check["unselected_checked"] == 15 - 6
+    assert res.checks["qat-w8a8"]["fake_quantized_match"]
+    assert set(res.losses) == {"base-ft", "qat-w8", "qat-w8a8"} and all(len(v) == 2 for v in res.losses.values())
+    assert all(torch.equal(before[k], v) for k, v in tiny.state_dict().items())  # the caller's model is untouched
+    assert {t["met"] for t in hy.evaluate_targets(res.rows)} <= {True, False}
+
+
+def test_variant_quantizes_only_the_selection_and_check_catches_tampering(tiny):
+    cfg = _cfg()
+    sel = FF[:2]
+    model, info = hy.make_variant(tiny, "ptq-w8a8", cfg, sel, progress=False)
+    from labkit.quant.report import int8_modules
+
+    assert int8_modules(model) == sel and info["checks"]["ok"]
+    assert type(model.model.layers[0].mlp.down_proj.weight) is torch.nn.Parameter
+    snap = hy.snapshot_unselected(model, sel)
+    with torch.no_grad():
+        model.model.layers[1].self_attn.v_proj.weight[0, 0] += 1.0
+    check = hy.check_hybrid(model, sel, snap, "sdpa", quantized=True)
+    assert not check["ok"] and check["unselected_changed"] == ["model.layers.1.self_attn.v_proj"]
+
+
+def test_fine_tune_is_deterministic_so_baseline_and_qat_see_the_same_batches(tiny, blocks):
+    _, train = blocks
+    a, b = copy.deepcopy(tiny), copy.deepcopy(tiny)
+    la = hy.fine_tune(a, train, steps=3, batch_size=2, lr=1e-3, progress=False)
+    lb = hy.fine_tune(b, train, steps=3, batch_size=2, lr=1e-3, progress=False)
+    assert la == lb and len(la) == 3
+    assert not torch.equal(a.model.layers[0].mlp.up_proj.weight, tiny.model.layers[0].mlp.up_proj.weight)
+    assert torch.equal(a.model.embed_tokens.weight, tiny.model.embed_tokens.weight)  # frozen by default
+
+
+def test_bad_inputs(tiny, blocks):
+    test, train = blocks
+    with pytest.raises(EmptySelectionError):
+        hy.run_hybrid(_cfg(layers=r"no_such_layer"), tiny, test_blocks=test, train_blocks=train, log=None)
+    with pytest.raises(ValueError, match="base-ft"):
+        hy.run_hybrid(_cfg(variants=("base", "ft-ptq-w8")), tiny, test_blocks=test, train_blocks=train, log=None)
+    with pytest.raises(ValueError, match="unknown variant"):
+        hy.run_hybrid(_cfg(variants=("base", "int4")), tiny, test_blocks=test, train_blocks=train, log=None)
+    with pytest.raises(RuntimeError, match="needs an NVIDIA GPU"):
+        hy.shape_benchmark("llama-2-7b", device="cpu")
+
+
+def test_shape_benchmark_code_path_on_cpu():
+    rows = hy.shape_benchmark("tiny-llama", (32, 64), device="cpu", backend="sdpa", decode_prompt=8,
+                              decode_tokens=2, log=None)
+    assert [(r["mode"], r["kind"]) for r in rows] == [(m, k) for m in ("bf16", "w8", "w8a8")
+                                                       for k in ("prefill", "prefill", "decode")]
+    assert all(r["ok"] and r["attention_ok"] for r in rows)
+    w8 = [r for r in rows if r["mode"] == "w8"][0]
+    assert w8["int8_layers"] == 6 and w8["int8_matches_selection"] and w8["unselected_untouched"]
+    assert w8["weight_gib"] < rows[0]["weight_gib"]
+    targets = {t["target"]: t["met"] for t in hy.evaluate_targets([], rows, long_len=64)}
+    assert targets["tiny-llama shape: INT8 feed-forward (w8) + FA2 reaches 64 tokens"] is True
+
+
+def test_targets_from_rows():
+    rows = [{"variant": "base-ft", "method": "float", "ppl": 20.0},
+            {"variant": "ptq-w8a8", "method": "ptq", "ppl": 20.5},
+            {"variant": "qat-w8a8", "method": "qat", "ppl": 20.1}]
+    shape = [{"mode": "bf16", "kind": "prefill", "seq_len": 32768, "ok": True, "oom": False, "weight_gib": 12.6,
+              "peak_gib": 20.0, "latency_ms": 100.0, "model": "llama-2-7b", "variant": "bf16+fa2"},
+             {"mode": "w8", "kind": "prefill", "seq_len": 32768, "ok": False, "oom": True, "weight_gib": 8.6,
+              "peak_gib": None, "latency_ms": None, "model": "llama-2-7b", "variant": "int8-ff-w8+fa2"}]
+    met = {t["target"]: t["met"] for t in hy.evaluate_targets(rows, shape)}
+    assert met["QAT (w8a8) perplexity within 1% of the equally fine-tuned float model"] is True
+    assert met["QAT (w8a8) perplexity better than PTQ (w8a8) of the same layers"] is True
+    assert met["llama-2-7b shape: INT8 feed-forward (w8) weight memory <= 0.7x bf16"] is True
+    assert met["llama-2-7b shape: INT8 feed-forward (w8) + FA2 reaches 32768 tokens"] is False
+    rows[2]["ppl"] = 20.3
+    assert not hy.evaluate_targets(rows)[0]["met"]
+
+
+def test_bench_command_records_a_missing_model(tmp_path, monkeypatch):
+    from labkit.bench.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "hybrid.json"
+    assert main(["hybrid", "--profile", "quick", "--model", "no-such-model", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["status"] == "complete" and data["provenance"]["device"] == "cpu"
+    assert data["errors"][0]["stage"] == "load" and "no-such-model" in data["errors"][0]["error"]
+    assert any("skipped" in n for n in data["notes"]) and data["rows"] == []
