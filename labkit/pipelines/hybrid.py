@@ -707,10 +707,10 @@ def evaluate_targets(rows: list[dict], shape_rows: list[dict] | None = None, lon
         long = [r for r in shape_rows if r["mode"] == mode and r.get("kind") == "prefill" and r["seq_len"] == long_len]
         if long:
             r = long[0]
-            fits = bool(r["ok"]) and r["peak_gib"] <= EIGHTY_GB_GIB  # measured on any GPU, judged for an 80 GB one
+            fits = bool(r["ok"]) and r.get("peak_gib") is not None and r["peak_gib"] <= EIGHTY_GB_GIB  # measured on any GPU, judged for an 80 GB one
             out.append({"target": f"{shape} shape: INT8 feed-forward ({mode}) + FA2 reaches {long_len} tokens "
                                   "within an 80 GB GPU's memory",
-                        "measured": (f"ok, peak {r['peak_gib']:.1f} GiB (80 GB = {EIGHTY_GB_GIB:.1f} GiB)" if r["ok"]
+                        "measured": (f"ok, peak {r.get('peak_gib') or float('nan'):.1f} GiB (80 GB = {EIGHTY_GB_GIB:.1f} GiB)" if r["ok"]
                                      else ("out of memory" if r["oom"] else f"failed: {r.get('error')}")),
                         "met": fits})
     if not out:
