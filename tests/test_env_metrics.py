@@ -54,3 +54,24 @@ def test_metrics_are_evaluate_modules():
     import evaluate
 
     assert isinstance(metrics.load_metric("accuracy"), evaluate.EvaluationModule)
+
+
+def test_plotly_figures_get_an_html_renderer_in_jupyter_kernels(monkeypatch):
+    import sys
+    import types
+
+    import plotly.io as pio
+
+    import labkit
+
+    monkeypatch.delenv("PLOTLY_RENDERER", raising=False)
+    monkeypatch.setattr(pio.renderers, "default", "plotly_mimetype")
+    labkit._plotly_renders_in_exported_html()
+    assert pio.renderers.default == "plotly_mimetype"  # not in a kernel: left alone
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    labkit._plotly_renders_in_exported_html()
+    assert pio.renderers.default == "plotly_mimetype+notebook"  # HTML exports keep the figures
+    monkeypatch.setattr(pio.renderers, "default", "plotly_mimetype")
+    monkeypatch.setenv("PLOTLY_RENDERER", "browser")
+    labkit._plotly_renders_in_exported_html()
+    assert pio.renderers.default == "plotly_mimetype"  # the user's choice wins
