@@ -42,3 +42,21 @@ def shared_data_dir() -> Path:
         if c and (Path(c) / "sst2" / "dev.tsv").exists():
             return Path(c)
     pytest.skip("the lab's dataset copies are not here (set LABKIT_DATA_DIR)")
+
+
+def simulate_eager_oom(monkeypatch, from_len: int) -> None:
+    """Make eager attention run out of memory from `from_len` tokens on; other backends run for real."""
+    import torch
+
+    from labkit.bench import sweep as sweep_mod
+
+    real = sweep_mod.prefill_callable
+
+    def prefill_callable(model, input_ids):
+        if model.config._attn_implementation == "eager" and input_ids.shape[1] >= from_len:
+            def boom():
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB (simulated)")
+            return boom
+        return real(model, input_ids)
+
+    monkeypatch.setattr(sweep_mod, "prefill_callable", prefill_callable)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 import pytest
-import torch
 
-from labkit.bench import sweep as sweep_mod
+from conftest import simulate_eager_oom
 from labkit.widgets import LiveSweepPlot, static_figure
 
 
@@ -16,16 +15,7 @@ def _traces(fig, name):
 
 @pytest.fixture
 def fake_oom(monkeypatch):
-    real = sweep_mod.prefill_callable
-
-    def prefill_callable(model, input_ids):
-        if model.config._attn_implementation == "eager" and input_ids.shape[1] >= 32:
-            def boom():
-                raise torch.OutOfMemoryError("out of memory (simulated)")
-            return boom
-        return real(model, input_ids)
-
-    monkeypatch.setattr(sweep_mod, "prefill_callable", prefill_callable)
+    simulate_eager_oom(monkeypatch, from_len=32)
 
 
 def test_controls_and_button_run_a_sweep(fake_oom):

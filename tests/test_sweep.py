@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from conftest import simulate_eager_oom
 from labkit.bench import sweep as sweep_mod
 from labkit.bench.sweep import ModelSpec, measure_prefill, read_jsonl, run_point_subprocess, sweep
 from labkit.models import build_from_shape
@@ -20,16 +21,7 @@ def tiny():
 @pytest.fixture
 def fake_oom(monkeypatch):
     """eager runs out of memory from 64 tokens on (other backends run for real)."""
-    real = sweep_mod.prefill_callable
-
-    def prefill_callable(model, input_ids):
-        if model.config._attn_implementation == "eager" and input_ids.shape[1] >= 64:
-            def boom():
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB (simulated)")
-            return boom
-        return real(model, input_ids)
-
-    monkeypatch.setattr(sweep_mod, "prefill_callable", prefill_callable)
+    simulate_eager_oom(monkeypatch, from_len=64)
 
 
 def test_measure_prefill_in_process(tiny):

@@ -32,6 +32,18 @@ from labkit.quant.selection import LayerSelection, resolve_layers
 BACKEND = "x86"
 
 
+def _prepare_train_convert_infer(m: nn.Module, batch: dict) -> None:
+    """The legacy eager-mode steps in order: prepare_qat, one training forward, convert, one inference forward."""
+    aq = _aq()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        aq.prepare_qat(m, inplace=True)
+        m(**batch)
+        aq.convert(m.eval(), inplace=True)
+    with torch.inference_mode():
+        m(**batch)
+
+
 def _aq():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -121,26 +133,14 @@ def naive_mistakes(model: nn.Module, batch: Mapping[str, torch.Tensor], layers: 
     def whole_model_qconfig() -> str:
         m = copy.deepcopy(model).train()
         m.qconfig = aq.get_default_qat_qconfig(backend)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            aq.prepare_qat(m, inplace=True)
-            m(**batch)
-            aq.convert(m.eval(), inplace=True)
-        with torch.inference_mode():
-            m(**batch)
+        _prepare_train_convert_infer(m, batch)
         return "prepare, training forward, convert and inference all ran"
 
     def no_stubs() -> str:
         m = copy.deepcopy(model).train()
         for name in resolve_layers(m, layers):
             m.get_submodule(name).qconfig = aq.get_default_qat_qconfig(backend)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            aq.prepare_qat(m, inplace=True)
-            m(**batch)
-            aq.convert(m.eval(), inplace=True)
-        with torch.inference_mode():
-            m(**batch)
+        _prepare_train_convert_infer(m, batch)
         return "the converted model ran"
 
     for title, fn in (
