@@ -1,1 +1,0 @@
-"""End-to-end experiment pipelines that the notebooks and `python -m labkit.bench` run."""
