@@ -1,16 +1,19 @@
 """labkit: the helper package of the QAT + FlashAttention-2 lab.
 
-Submodules, one job each:
-    labkit.env        environment report and run profile (quick / full)
-    labkit.data       SST-2, IMDB, WikiText-2 from a local folder or the hub
-    labkit.models     embedded and hub models, random-weight model shapes
-    labkit.metrics    accuracy and F1 through `evaluate`, offline
-    labkit.quant      fake quantization, QAT, PTQ, layer selection, INT8 save/load
-    labkit.attention  attention backends (eager, sdpa, fa2, flash-attn, cudnn), memory model
-    labkit.bench      timing, sweeps, kernel benchmark, benchmark commands
-    labkit.widgets    layer picker and live VRAM plot
-    labkit.hybrid     sensitivity analysis and the FA2 + INT8 hybrid pipeline
+Layers, lowest first; a module imports only from its own layer or below (checked by `lint-imports`):
+    labkit.env, .data, .models, .metrics   foundations: environment and profile, datasets, models, metrics
+    labkit.measure      timing, memory (out-of-memory, release, RSS), prefill and decode measurement
+    labkit.results      result files (JSON, JSONL), device slugs, load_reference(experiment)
+    labkit.quant        fake quantization, QAT, PTQ, layer selection, sensitivity, INT8 save/load
+    labkit.attention    attention backends, kernel proof, tiled FA2, memory model, sweep, kernel benchmark
+    labkit.lm           WikiText-2 blocks, perplexity, the causal-LM fine-tune loop
+    labkit.train, labkit.deploy   training at scale and deployment
+    labkit.plots        every figure, one palette
+    labkit.widgets      layer picker and live sweep plot
+    labkit.experiments  qat_bert, attention, kernels, hybrid: what the notebooks and the benchmarks run
+    labkit.cli          `python -m labkit.bench <experiment>` (labkit.bench is its module name)
 
+Notebooks import the subpackages: `from labkit import attention, experiments, plots, quant, results, widgets`.
 Nothing here downloads anything at import time.
 """
 

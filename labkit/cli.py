@@ -1,7 +1,8 @@
 """`python -m labkit.bench <experiment> [--profile quick|full] [--out FILE]`: run a benchmark, write a result file.
 
-Each experiment module exposes `add_arguments(parser)` and `run(args) -> dict`; results carry provenance
-(device, versions, date, command) and are written as JSON, by default under data/reference/.
+Argument parsing only: each experiment module (labkit.experiments.*) declares its options with
+`add_arguments(parser)` and runs with `run(args) -> dict`; results carry provenance (device, versions, date,
+command) and are written as JSON, by default under data/reference/.
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ import sys
 
 # experiment name -> (module, one-line help)
 EXPERIMENTS = {
-    "qat": ("labkit.bench.qat", "QAT vs PTQ vs FP32 on BERT (notebook 01)"),
-    "attention": ("labkit.bench.attention", "latency and peak memory against sequence length per backend (notebook 02)"),
-    "kernels": ("labkit.bench.kernels", "attention kernels alone, TFLOP/s per backend (notebook 02)"),
-    "hybrid": ("labkit.bench.hybrid", "FA2 + selective INT8 against bf16 (notebook 03)"),
+    "qat": ("labkit.experiments.qat_bert.bench", "QAT vs PTQ vs FP32 on BERT (notebook 01)"),
+    "attention": ("labkit.experiments.attention",
+                  "latency and peak memory against sequence length per backend (notebook 02)"),
+    "kernels": ("labkit.experiments.kernels", "attention kernels alone, TFLOP/s per backend (notebook 02)"),
+    "hybrid": ("labkit.experiments.hybrid.bench", "FA2 + selective INT8 against bf16 (notebook 03)"),
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every experiment's options."""
     parser = argparse.ArgumentParser(prog="python -m labkit.bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
     for name, (module_name, help_text) in EXPERIMENTS.items():
@@ -27,14 +30,15 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--profile", choices=("quick", "full"), default=None,
                        help="run profile (default: $LABKIT_PROFILE, else full on a GPU, quick on a CPU)")
         p.add_argument("--out", default=None, help="result file (default: data/reference/<experiment>_<device>.json)")
-        try:
-            importlib.import_module(module_name).add_arguments(p)
-        except ModuleNotFoundError as err:
-            if err.name != module_name:
-                raise
-    args = parser.parse_args(argv)
-    module = importlib.import_module(EXPERIMENTS[args.experiment][0])
-    module.run(args)
+        importlib.import_module(module_name).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    importlib.import_module(EXPERIMENTS[args.experiment][0]).run(args)
     return 0
 
 

@@ -177,6 +177,24 @@ def load_wikitext2(split: str = "test", data_dir=None):
     return load("wikitext2", split, None, 0, data_dir)
 
 
+def wikitext2_lines(split: str = "test", data_dir=None) -> list[str]:
+    """WikiText-2 `split` as its text lines. Through `load_wikitext2`; on a machine without the `datasets`
+    package (a bare GPU box) the same file is read straight from the folder (`data_dir` or $LABKIT_DATA_DIR)."""
+    try:
+        return list(load_wikitext2(split, data_dir=data_dir)["text"])
+    except ImportError as err:  # `datasets` is not installed
+        spec = DATASETS["wikitext2"]
+        split = _split(spec, split)
+        root = data_dir or os.environ.get(DATA_VARIABLE)
+        path = Path(root).expanduser() / spec.folder / spec.files[split] if root else None
+        if path is None or not path.is_file():
+            raise ImportError(f"`datasets` cannot be imported ({err}) and no WikiText-2 file was found for split "
+                              f"{split!r}: set {DATA_VARIABLE} to a folder with {spec.folder}/{spec.files[split]}"
+                              ) from err
+        print(f"note: `datasets` unavailable ({err}); reading {path} directly")
+        return _read_folder(spec, path)["text"]
+
+
 def source_of(ds) -> str:
     """Where a labkit-loaded dataset came from."""
     return ds.info.description or "unknown source"

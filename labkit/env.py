@@ -108,20 +108,15 @@ def _driver_version() -> str | None:
         return None
 
 
-def report() -> EnvReport:
-    """Versions, device, compute capability, usable attention backends (with reasons) and profile."""
+def report(backends: dict[str, str] | None = None) -> EnvReport:
+    """Versions, device, compute capability and profile; `backends` is the attention backend status to show
+    (`labkit.attention.backend_status()`: env is the lowest layer and does not import the attention package)."""
     cuda = torch.cuda.is_available()
     if cuda:
         major, minor = torch.cuda.get_device_capability()
         name, cc = torch.cuda.get_device_name(), f"{major}.{minor}"
     else:
         name, cc = cpu_model(), None
-    try:
-        from labkit.attention import backend_status
-
-        backends = backend_status()
-    except ImportError:  # attention registry not importable: report it rather than hide it
-        backends = {}
     return EnvReport(
         python=platform.python_version(),
         platform=f"{platform.system()} {platform.machine()}",
@@ -135,7 +130,7 @@ def report() -> EnvReport:
         cpu=cpu_model(),
         threads=torch.get_num_threads(),
         profile=get_profile(),
-        backends=backends,
+        backends=backends or {},
     )
 
 

@@ -48,9 +48,9 @@ def simulate_eager_oom(monkeypatch, from_len: int) -> None:
     """Make eager attention run out of memory from `from_len` tokens on; other backends run for real."""
     import torch
 
-    from labkit.bench import sweep as sweep_mod
+    from labkit.measure import prefill as prefill_mod
 
-    real = sweep_mod.prefill_callable
+    real = prefill_mod.prefill_callable
 
     def prefill_callable(model, input_ids):
         if model.config._attn_implementation == "eager" and input_ids.shape[1] >= from_len:
@@ -59,4 +59,4 @@ def simulate_eager_oom(monkeypatch, from_len: int) -> None:
             return boom
         return real(model, input_ids)
 
-    monkeypatch.setattr(sweep_mod, "prefill_callable", prefill_callable)
+    monkeypatch.setattr(prefill_mod, "prefill_callable", prefill_callable)

@@ -19,7 +19,9 @@ def test_profile_defaults_and_validation(monkeypatch):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU report")
 def test_report_on_cpu(monkeypatch):
     monkeypatch.setenv(env.PROFILE_VARIABLE, "quick")
-    rep = env.report()
+    from labkit.attention import backend_status
+
+    rep = env.report(backends=backend_status())
     assert rep.device == "cpu" and rep.compute_capability is None and rep.profile == "quick"
     assert rep.versions["torch"] == torch.__version__ and "torchao" in rep.versions and "flash-attn" in rep.versions
     assert rep.threads == torch.get_num_threads()

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from labkit.models import build_from_shape
-from labkit.pipelines import hybrid as hy
+from labkit.experiments import hybrid as hy
+from labkit.lm import fine_tune
 from labkit.quant.selection import EmptySelectionError
 
 FF = [f"model.layers.{b}.mlp.{r}_proj" for b in (0, 1) for r in ("gate", "up", "down")]
@@ -46,7 +47,9 @@ def test_quick_pipeline_every_variant(tiny, blocks):
     int8 = ["ptq-w8", "ptq-w8a8", "ft-ptq-w8", "ft-ptq-w8a8", "qat-w8", "qat-w8a8"]
     assert table.loc["base", "int8_layers"] == 0 and (table.loc[int8, "int8_layers"] == 6).all()
     assert table.loc["ptq-w8", "size_mb"] < table.loc["base", "size_mb"]
-    assert table["prefill_ms_32"].notna().all() and table["decode_tok_s"].notna().all()
+    assert all([p["seq_len"] for p in r["prefill"]] == [32] and r["prefill"][0]["latency_ms"] for r in res.rows)
+    assert table["decode_tok_s"].notna().all()
+    assert len(hy.prefill_table(res.rows)) == len(hy.VARIANTS)  # tidy: one row per variant x length
     for name, check in res.checks.items():
         assert check["ok"], (name, check)
         assert check["attention_ok"] and check["backend"] == "sdpa"
@@ -75,8 +78,8 @@ def test_variant_quantizes_only_the_selection_and_check_catches_tampering(tiny):
 def test_fine_tune_is_deterministic_so_baseline_and_qat_see_the_same_batches(tiny, blocks):
     _, train = blocks
     a, b = copy.deepcopy(tiny), copy.deepcopy(tiny)
-    la = hy.fine_tune(a, train, steps=3, batch_size=2, lr=1e-3, progress=False)
-    lb = hy.fine_tune(b, train, steps=3, batch_size=2, lr=1e-3, progress=False)
+    la = fine_tune(a, train, steps=3, batch_size=2, lr=1e-3, progress=False)
+    lb = fine_tune(b, train, steps=3, batch_size=2, lr=1e-3, progress=False)
     assert la == lb and len(la) == 3
     assert not torch.equal(a.model.layers[0].mlp.up_proj.weight, tiny.model.layers[0].mlp.up_proj.weight)
     assert torch.equal(a.model.embed_tokens.weight, tiny.model.embed_tokens.weight)  # frozen by default
@@ -130,7 +133,7 @@ def test_targets_from_rows():
 
 
 def test_bench_command_records_a_missing_model(tmp_path, monkeypatch):
-    from labkit.bench.__main__ import main
+    from labkit.cli import main
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "hybrid.json"

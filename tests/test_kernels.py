@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from labkit.bench import kernels
-from labkit.bench.kernels import attention_flops, bench_kernel, kernel_benchmark
+from labkit.attention import kernels
+from labkit.attention.kernels import attention_flops, bench_kernel, kernel_benchmark
 
 
 def test_flop_count_is_the_standard_one():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from labkit.models import UnknownModelError
-from labkit.pipelines.qat_bert import VARIANTS, QATBertConfig, results_frame, run_qat_bert, target_checks
+from labkit.experiments.qat_bert import VARIANTS, QATBertConfig, results_frame, run_qat_bert, target_checks
 
 
 def tiny_config(data_dir, **kw) -> QATBertConfig:
@@ -56,8 +56,8 @@ def test_pipeline_produces_every_variant(result):
 
 @pytest.mark.slow
 def test_bench_writes_reference_json(result, tmp_path, monkeypatch):
-    import labkit.pipelines.qat_bert as pipeline
-    from labkit.bench import qat
+    import labkit.experiments.qat_bert.pipeline as pipeline
+    from labkit.experiments.qat_bert import bench as qat
 
     monkeypatch.setattr(pipeline, "run_qat_bert", lambda cfg: result)
     parser = argparse.ArgumentParser()
@@ -98,7 +98,7 @@ def test_compile_settings_are_scoped_and_allow_every_variant():
     import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
 
-    from labkit.pipelines.qat_bert import compile_settings
+    from labkit.experiments.qat_bert import compile_settings
 
     before = (inductor_config.freezing, dynamo_config.recompile_limit)
     with compile_settings():

@@ -13,8 +13,8 @@ from labkit.quant.sensitivity import (
     layer_sensitivity,
     least_sensitive,
     quantized_alone,
-    sensitivity_heatmap,
 )
+from labkit.plots import sensitivity_heatmap
 
 
 @pytest.fixture(scope="module")

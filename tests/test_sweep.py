@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from conftest import simulate_eager_oom
-from labkit.bench import sweep as sweep_mod
-from labkit.bench.sweep import ModelSpec, measure_prefill, read_jsonl, run_point_subprocess, sweep
+from labkit.attention import sweep as sweep_mod
+from labkit.attention.sweep import ModelSpec, measure_prefill, run_point_subprocess, sweep
+from labkit.measure import prefill as prefill_mod
+from labkit.results import read_jsonl
 from labkit.models import build_from_shape
 
 
@@ -49,7 +51,7 @@ def test_oom_is_a_point_and_the_sweep_goes_on(tiny, fake_oom, tmp_path):
 
 
 def test_other_errors_are_recorded_too(tiny, monkeypatch):
-    monkeypatch.setattr(sweep_mod, "prefill_callable", lambda m, ids: (lambda: 1 / 0))
+    monkeypatch.setattr(prefill_mod, "prefill_callable", lambda m, ids: (lambda: 1 / 0))
     point = measure_prefill(tiny, 16, "sdpa")
     assert not point.ok and not point.oom and point.error.startswith("ZeroDivisionError")
 
@@ -95,7 +97,7 @@ def test_subprocess_failure_is_a_point(monkeypatch):
 
 def test_attention_command_quick_writes_a_result_file(tmp_path, monkeypatch):
     """The CLI's code path on a CPU, kept tiny: every row has the contract's fields."""
-    from labkit.bench.__main__ import main
+    from labkit.cli import main
 
     monkeypatch.setattr(sweep_mod, "run_point_subprocess",
                         lambda spec, b, n, bs=1, **kw: measure_prefill(spec.build("cpu", b), n, None, bs, 1, 1))
@@ -119,7 +121,7 @@ def _row(backend, n, ok=True, oom=False, latency=None, peak=None):
 
 
 def test_check_targets_on_a_synthetic_result():
-    from labkit.bench.attention import check_targets
+    from labkit.experiments.attention import check_targets
 
     result = {"rows": [
         _row("eager", 8192, latency=1000, peak=30), _row("eager", 16384, ok=False, oom=True),
@@ -136,16 +138,18 @@ def test_check_targets_on_a_synthetic_result():
 
 
 def test_load_reference_ignores_cpu_files_and_explains_absence(tmp_path):
-    from labkit.bench.attention import load_reference, write_json
+    from labkit.results import load_reference, write_json
 
-    data, message = load_reference(directory=tmp_path)
+    data, message = load_reference("attention", gpu_only=True, directory=tmp_path)
     assert data is None and "--profile full" in message
-    write_json(tmp_path / "attention_cpu.json", {"provenance": {"device": "cpu"}, "rows": []})
-    assert load_reference(directory=tmp_path)[0] is None
+    write_json(tmp_path / "attention_cpu.json", {"provenance": {"device": "cpu"}, "config": {"profile": "full"},
+                                                 "rows": []})
+    assert load_reference("attention", gpu_only=True, directory=tmp_path)[0] is None
     write_json(tmp_path / "attention_a100.json", {"provenance": {"device": "cuda", "date": "y"},
                                                    "config": {"profile": "quick"}, "rows": [2]})
-    write_json(tmp_path / "attention_h100.json", {"provenance": {"device": "cuda", "date": "x"}, "rows": [1]})
-    data, message = load_reference(directory=tmp_path)
+    write_json(tmp_path / "attention_h100.json", {"provenance": {"device": "cuda", "date": "x"},
+                                                   "config": {"profile": "full"}, "rows": [1]})
+    data, message = load_reference("attention", gpu_only=True, directory=tmp_path)
     assert data["rows"] == [1] and "attention_h100.json" in message
 
 
@@ -160,7 +164,7 @@ def test_gpu_point_uses_cuda_peak_statistics():
 
 def test_summary_rows_compare_with_eager_and_the_memory_model():
     from labkit.attention.memory_model import ModelShape
-    from labkit.bench.attention import summary_rows
+    from labkit.experiments.attention import summary_rows
 
     shape = ModelShape.named("tiny-llama")
     result = {"memory_model": {"shape": shape.as_dict(), "dtype": "float32"},

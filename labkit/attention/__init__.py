@@ -5,6 +5,8 @@
     backend_status()                   {name: "available" | reason} on this machine
     labkit.attention.memory_model      analytic bytes of weights, activations, KV cache, eager's N x N tensors
     labkit.attention.tiled             FlashAttention-2's algorithm in plain PyTorch, for reading
+    labkit.attention.sweep             latency and peak memory against sequence length, per backend (OOM = data)
+    labkit.attention.kernels           attention kernels alone: TFLOP/s per backend, and a plain-script check
 """
 
 from labkit.attention.backends import (

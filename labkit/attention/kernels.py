@@ -4,12 +4,11 @@ FLOPs use the standard count of the FlashAttention papers: 4 * B * H * N^2 * D f
 multiply-adds per element), halved when causal. Inputs are [B, H, N, D] in bfloat16 (float32 on a CPU).
 The plain-script comparison runs `PLAIN_SCRIPT` (a dozen lines of torch, no labkit) in a fresh process: if the
 harness figure for fa2 is within a few percent of it, the harness adds no overhead.
-`python -m labkit.bench kernels` writes data/reference/kernels_<device>.json.
+`python -m labkit.bench kernels` (labkit.experiments.kernels) writes kernels_<device>.json.
 """
 
 from __future__ import annotations
 
-import gc
 import math
 import subprocess
 import sys
@@ -17,7 +16,9 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from labkit.bench.timing import time_callable
+from labkit.attention.backends import BACKENDS, unavailable_reason
+from labkit.measure.memory import error_text, is_memory_error, release_memory
+from labkit.measure.timing import time_callable
 
 # kernel-level backends: the model-level names, plus SDPA's memory-efficient kernel for reference
 SDPA_FORCED = {"fa2": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
@@ -55,8 +56,6 @@ def attention_flops(batch: int, heads: int, seq_len: int, head_dim: int, causal:
 
 def kernel_unavailable_reason(backend: str, device: torch.device | str, dtype: torch.dtype) -> str | None:
     """Why a kernel-level backend cannot run here (None: it can)."""
-    from labkit.attention import BACKENDS, unavailable_reason
-
     device = torch.device(device)
     if backend in BACKENDS:
         return unavailable_reason(backend, device, dtype)
@@ -114,8 +113,6 @@ def bench_kernel(backend: str, batch: int, heads: int, seq_len: int, head_dim: i
                  dtype: torch.dtype | None = None, device: torch.device | str | None = None,
                  warmup: int = 3, repeat: int = 10) -> dict:
     """One kernel measurement: median ms and TFLOP/s; unavailable, OOM and other failures become rows too."""
-    from labkit.bench.sweep import is_memory_error
-
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     row = dict(backend=backend, batch=batch, heads=heads, seq_len=seq_len, head_dim=head_dim, causal=causal,
@@ -137,14 +134,12 @@ def bench_kernel(backend: str, batch: int, heads: int, seq_len: int, head_dim: i
         row.update(ok=True, ms=timing.median_ms, p10_ms=timing.p10_ms, p90_ms=timing.p90_ms,
                    tflops=row["gflop"] / 1e3 / (timing.median_ms / 1e3))
     except Exception as err:  # noqa: BLE001 - failures are rows
-        failure = (is_memory_error(err), f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}")
+        failure = (is_memory_error(err), error_text(err))
         del err
     if failure is not None:
         row["oom"], row["error"] = failure
         q = k = v = fn = None
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        release_memory(device)
     return row
 
 
@@ -232,22 +227,3 @@ def kernel_benchmark(profile: str, device: torch.device | str | None = None, bac
     return {"config": {**cfg, "seq_lens": seq_lens, "causal": True, "dtype": str(dtype).removeprefix("torch."),
                        "flops": "4*B*H*N^2*D, halved for causal"},
             "rows": rows, "plain_script_check": plain, "plain_script": PLAIN_SCRIPT.strip()}
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--backends", default=None, help="comma-separated kernel backends "
-                        f"(default: all of {', '.join(KERNEL_BACKENDS[:-1])})")
-
-
-def run(args) -> dict:
-    """`python -m labkit.bench kernels`: write data/reference/kernels_<device>.json."""
-    from labkit.bench.attention import default_out, write_json
-    from labkit.env import get_profile, provenance
-
-    profile = args.profile or get_profile()
-    backends = args.backends.split(",") if getattr(args, "backends", None) else None
-    result = {"provenance": provenance(), **kernel_benchmark(profile, backends=backends)}
-    out = args.out or default_out("kernels")
-    write_json(out, result)
-    print(f"wrote {out}")
-    return result

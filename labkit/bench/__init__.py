@@ -1,1 +1,1 @@
-"""Benchmarks: timing primitives, sweeps, kernel benchmark and the `python -m labkit.bench` commands."""
+"""`python -m labkit.bench <experiment>`: the name the benchmark commands keep; the code is labkit.cli."""

@@ -12,17 +12,18 @@ run keeps what it measured; the JSONL is removed once the JSON is complete.
 
 from __future__ import annotations
 
-import gc
-import json
-import os
-import re
-import shlex
-import sys
 from pathlib import Path
 
 import torch
 
-REFERENCE_DIR = Path("data") / "reference"
+from labkit.attention.backends import BACKENDS, backend_status
+from labkit.attention.kernels import kernel_benchmark
+from labkit.attention.memory_model import GIB, ModelShape, memory_curves, predicted_peak_bytes
+from labkit.attention.sweep import ModelSpec, sweep
+from labkit.env import get_profile, provenance
+from labkit.measure.memory import device_memory_gib, release_memory
+from labkit.results.files import command_line, default_out, device_slug, write_json
+
 SWEEP_ORDER = ("fa2", "sdpa", "cudnn", "flash-attn", "eager")  # the fast ones first, eager (which OOMs) last
 
 PROFILES = {
@@ -30,42 +31,6 @@ PROFILES = {
                  dtype="bfloat16"),
     "quick": dict(model="tiny-llama", seq_lens=[64, 128, 256], batch_size=1, dtype=None),
 }
-
-
-def device_slug(device: torch.device | str | None = None) -> str:
-    """"cpu", or a short GPU name for file names: "NVIDIA H100 80GB HBM3" -> "h100"."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type != "cuda":
-        return device.type
-    name = torch.cuda.get_device_name(device).lower()
-    for word in ("nvidia", "geforce", "tesla", "rtx"):
-        name = name.replace(word, " ")
-    match = re.search(r"[a-z]*\d+[a-z]*", name)
-    return match.group(0) if match else "gpu"
-
-
-def default_out(experiment: str, device: torch.device | str | None = None) -> Path:
-    """data/reference/<experiment>_<device slug>.json (relative to the working directory, the repo root)."""
-    return REFERENCE_DIR / f"{experiment}_{device_slug(device)}.json"
-
-
-def write_json(path: str | Path, data: dict) -> None:
-    """Write JSON atomically (temp file + rename), so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def device_memory_gib(device: torch.device | str) -> tuple[float, str]:
-    """(capacity in GiB, label): GPU memory, or the machine's RAM on a CPU."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory / 2**30, "GPU memory"
-    import psutil
-
-    return psutil.virtual_memory().total / 2**30, "CPU RAM"
 
 
 def add_arguments(parser) -> None:
@@ -81,12 +46,6 @@ def add_arguments(parser) -> None:
 
 def run(args) -> dict:
     """Run the sweep (+ kernel benchmark) of a profile and write the result file; returns its content."""
-    from labkit.attention import BACKENDS, backend_status
-    from labkit.attention.memory_model import ModelShape, memory_curves
-    from labkit.bench.kernels import kernel_benchmark
-    from labkit.bench.sweep import ModelSpec, sweep
-    from labkit.env import get_profile, provenance
-
     profile = args.profile or get_profile()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if profile == "full" and device.type != "cuda":
@@ -112,7 +71,7 @@ def run(args) -> dict:
     dtype = spec.torch_dtype(device)
     grid = sorted({*cfg["seq_lens"], *[int(2 ** (k / 4)) for k in range(4 * 6, 4 * 15 + 1)]})
     grid = [n for n in grid if min(cfg["seq_lens"]) <= n <= max(cfg["seq_lens"])]
-    command = "python -m labkit.bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
+    command = command_line(getattr(args, "argv", None))
     result = {
         "provenance": provenance(command),
         "experiment": "attention",
@@ -151,9 +110,7 @@ def run(args) -> dict:
         for c in result["kernels"]["plain_script_check"]:
             print(f"  plain-script check N={c['seq_len']}: harness/plain = {c['ratio']}  {c['error'] or ''}")
         write_json(out, result)
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        release_memory(device)
     print(f"attention sweep ({profile}): {cfg['model']} {result['config']['dtype']} batch {cfg['batch_size']} on "
           f"{device_slug(device)}, N={cfg['seq_lens']}, backends={backends}; writing {out}", flush=True)
     sweep(spec, backends, cfg["seq_lens"], cfg["batch_size"], device=device, out=jsonl, on_point=on_point,
@@ -166,39 +123,7 @@ def run(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# reading committed results (notebook 02)
-
-
-def reference_dir() -> Path:
-    """Where committed results are read from: `$LABKIT_REFERENCE_DIR` if set, else data/reference of the
-    repository labkit lives in (falling back to the working directory's)."""
-    if os.environ.get("LABKIT_REFERENCE_DIR"):
-        return Path(os.environ["LABKIT_REFERENCE_DIR"])
-    here = Path(__file__).resolve().parents[2] / REFERENCE_DIR
-    return here if here.is_dir() else Path.cwd() / REFERENCE_DIR
-
-
-def load_reference(experiment: str = "attention", gpu_only: bool = True, directory: str | Path | None = None
-                   ) -> tuple[dict | None, str]:
-    """(newest committed full-profile result of `experiment`, message). With gpu_only, CPU files are ignored.
-    Returns (None, why) when there is none, so a notebook can say so instead of failing."""
-    directory = Path(directory) if directory is not None else reference_dir()
-    found = []
-    for path in sorted(directory.glob(f"{experiment}_*.json")):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            return None, f"{path} could not be read ({err}); regenerate it with `python -m labkit.bench {experiment}`"
-        if gpu_only and data.get("provenance", {}).get("device") != "cuda":
-            continue
-        if data.get("config", {}).get("profile", "full") != "full":  # a quick smoke run is not a reference
-            continue
-        found.append((data.get("provenance", {}).get("date", ""), path, data))
-    if not found:
-        return None, (f"no committed GPU result `{experiment}_<gpu>.json` in {directory} yet. It is written by "
-                      f"`python -m labkit.bench {experiment} --profile full` on an NVIDIA GPU.")
-    _, path, data = max(found, key=lambda t: t[0])
-    return data, f"loaded {path.name}"
+# reading a result file (notebook 02): provenance, targets, summary
 
 
 def provenance_lines(result: dict) -> str:
@@ -274,8 +199,6 @@ def check_targets(result: dict) -> list[dict]:
 def summary_rows(result: dict, baseline: str = "eager") -> list[dict]:
     """Per measured point: latency, speed-up over `baseline` at the same N, peak memory and the memory model's
     prediction for it (from the shape and dtype stored in the result)."""
-    from labkit.attention.memory_model import GIB, ModelShape, predicted_peak_bytes
-
     mm = result.get("memory_model", {})
     shape = ModelShape(**mm["shape"]) if "shape" in mm else None
     rows = [r for r in result.get("rows", []) if r.get("ok")]

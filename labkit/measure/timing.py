@@ -1,4 +1,4 @@
-"""Timing and peak-memory primitives shared by every benchmark: warm-up, median of repeats, honest clocks."""
+"""Timing primitives shared by every benchmark: warm-up, median of repeats, honest clocks, one quantile method."""
 
 from __future__ import annotations
 
@@ -24,6 +24,15 @@ class Timing:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def p10_p90(times: list[float]) -> tuple[float, float]:
+    """10th and 90th percentiles of repeated timings (the lab's one quantile method: inclusive, so a handful of
+    repeats stays within the measured range); a single timing is its own percentiles."""
+    if len(times) < 2:
+        return times[0], times[0]
+    q = statistics.quantiles(times, n=10, method="inclusive")
+    return q[0], q[-1]
 
 
 def _sync(device: torch.device) -> None:
@@ -59,30 +68,8 @@ def time_callable(
                 t0 = time.perf_counter()
                 fn()
                 times.append((time.perf_counter() - t0) * 1e3)
-    q = statistics.quantiles(times, n=10, method="inclusive") if len(times) >= 2 else [times[0]] * 9
+    p10, p90 = p10_p90(times)
     return Timing(
-        median_ms=statistics.median(times), p10_ms=q[0], p90_ms=q[-1], repeats=repeat, warmup=warmup,
+        median_ms=statistics.median(times), p10_ms=p10, p90_ms=p90, repeats=repeat, warmup=warmup,
         device=str(device), threads=torch.get_num_threads(),
     )
-
-
-def cuda_peak_gib(fn: Callable[[], object], device: torch.device | str = "cuda") -> float:
-    """Peak GPU memory allocated (GiB) while running `fn()` once, statistics reset just before."""
-    device = torch.device(device)
-    torch.cuda.synchronize(device)
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
-    with torch.inference_mode():
-        fn()
-    torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device) / 2**30
-
-
-def is_oom(err: BaseException) -> bool:
-    """True for out-of-memory errors from CUDA or the CPU allocator."""
-    if isinstance(err, torch.OutOfMemoryError):
-        return True
-    if isinstance(err, MemoryError):
-        return True
-    msg = str(err).lower()
-    return isinstance(err, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)

@@ -6,8 +6,8 @@ import plotly.graph_objects as go
 
 from labkit.attention.memory_model import ModelShape, memory_curves
 
-COLORS = {"eager": "#d62728", "sdpa": "#1f77b4", "fa2": "#2ca02c", "flash-attn": "#9467bd", "cudnn": "#ff7f0e",
-          "efficient": "#17becf", "math": "#8c564b"}
+from labkit.plots.palette import BACKEND_COLORS as COLORS
+from labkit.plots.palette import GREY
 
 
 def memory_model_figure(shape: ModelShape, seq_lens: list[int], batch_size: int = 1, dtype="bfloat16",
@@ -47,7 +47,7 @@ def kernel_figure(rows: list[dict], title: str | None = None) -> go.Figure:
         if not ok and not oom:
             continue
         fig.add_trace(go.Scatter(x=[r["seq_len"] for r in ok], y=[r["tflops"] for r in ok], name=backend,
-                                 mode="lines+markers", line=dict(color=COLORS.get(backend, "#777"), width=2.5),
+                                 mode="lines+markers", line=dict(color=COLORS.get(backend, GREY), width=2.5),
                                  hovertemplate="N=%{x}: %{y:.3g} TFLOP/s<extra>" + backend + "</extra>"))
         if oom:
             y = ok[-1]["tflops"] if ok else 0

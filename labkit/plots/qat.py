@@ -6,8 +6,8 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-COLORS = {"fp32": "#7f7f7f", "fp32-extra": "#bcbd22", "ptq-dynamic": "#1f77b4", "ptq-static": "#ff7f0e",
-          "qat": "#2ca02c"}
+from labkit.plots.palette import BLUE, GREEN, RED
+from labkit.plots.palette import VARIANT_COLORS as COLORS
 
 
 def weight_grid_figure(row: torch.Tensor, scale: float, zero_point: float, qmin: int = -128, qmax: int = 127,
@@ -15,7 +15,7 @@ def weight_grid_figure(row: torch.Tensor, scale: float, zero_point: float, qmin:
     """Histogram of one weight row, with the INT8 grid points (every 8th), the clip range and zero."""
     row = row.detach().float().flatten()
     lo, hi = (qmin - zero_point) * scale, (qmax - zero_point) * scale
-    fig = go.Figure(go.Histogram(x=row.tolist(), nbinsx=120, name="weights", marker_color="#1f77b4", opacity=0.8))
+    fig = go.Figure(go.Histogram(x=row.tolist(), nbinsx=120, name="weights", marker_color=BLUE, opacity=0.8))
     grid = [(q - zero_point) * scale for q in range(qmin, qmax + 1, 8)]
     for g in grid:
         fig.add_vline(x=g, line_width=0.5, line_color="rgba(200,0,0,0.35)")
@@ -37,8 +37,8 @@ def fake_quant_figure(x: torch.Tensor, x_hat: torch.Tensor, grad: torch.Tensor, 
     x, x_hat, grad = x[order].tolist(), x_hat[order].tolist(), grad[order].tolist()
     fig = make_subplots(rows=1, cols=2, subplot_titles=("quantize then dequantize", "gradient through it (STE)"))
     fig.add_trace(go.Scatter(x=x, y=x, mode="lines", name="identity", line={"color": "#bbbbbb", "dash": "dot"}), 1, 1)
-    fig.add_trace(go.Scatter(x=x, y=x_hat, mode="lines", name="fake-quantized", line={"color": "#d62728"}), 1, 1)
-    fig.add_trace(go.Scatter(x=x, y=grad, mode="lines", name="d x_hat / d x", line={"color": "#2ca02c"}), 1, 2)
+    fig.add_trace(go.Scatter(x=x, y=x_hat, mode="lines", name="fake-quantized", line={"color": RED}), 1, 1)
+    fig.add_trace(go.Scatter(x=x, y=grad, mode="lines", name="d x_hat / d x", line={"color": GREEN}), 1, 2)
     fig.update_xaxes(title_text="input x")
     fig.update_yaxes(title_text="x_hat", row=1, col=1)
     fig.update_yaxes(title_text="gradient", row=1, col=2, range=[-0.1, 1.2])
@@ -49,7 +49,7 @@ def fake_quant_figure(x: torch.Tensor, x_hat: torch.Tensor, grad: torch.Tensor, 
 def _bar(rows: list[dict], key: str, title: str, yaxis: str, scale: float = 1.0, fmt: str = ".1f") -> go.Figure:
     xs = [r["label"] for r in rows if r.get(key) is not None]
     ys = [r[key] * scale for r in rows if r.get(key) is not None]
-    colors = [COLORS.get(r["variant"], "#444") for r in rows if r.get(key) is not None]
+    colors = [COLORS.get(r["variant"], "#444444") for r in rows if r.get(key) is not None]
     fig = go.Figure(go.Bar(x=xs, y=ys, marker_color=colors, text=[f"{y:{fmt}}" for y in ys], textposition="outside"))
     fig.update_layout(title=title, yaxis_title=yaxis, height=360, margin={"t": 50})
     return fig

@@ -10,7 +10,7 @@ The layer is never modified: its `forward` is shadowed for the duration of the m
 after (so tied weights, e.g. a Llama lm_head sharing the embedding table, are safe).
 
 `describe_linears` names each Linear's block and role (q, k, v, o, gate, up, down, lm_head), which the
-heatmap and the layer picker share.
+heatmap (labkit.plots.sensitivity) and the layer picker share.
 """
 
 from __future__ import annotations
@@ -224,41 +224,6 @@ def least_sensitive(
     return [n for n in table["name"] if n in chosen]
 
 
-def sensitivity_heatmap(table: pd.DataFrame, metric: str = "kl", log: bool = True, title: str | None = None):
-    """Plotly heatmap: blocks (rows) by roles (columns) of `metric`; lm_head gets its own row. Missing = blank."""
-    import numpy as np
-    import plotly.graph_objects as go
-
-    if metric not in table.columns:
-        raise ValueError(f"metric {metric!r} is not a column of the sensitivity table; use one of {METRICS}")
-    roles = [r for r in ROLES if r in set(table["role"])] + sorted(set(table["role"]) - set(ROLES))
-    blocks = sorted(int(b) for b in table["block"].dropna().unique())
-    row_labels = [f"block {b}" for b in blocks]
-    has_head = bool((table["block"].isna()).any())
-    if has_head:
-        row_labels.append("head")
-    z = np.full((len(row_labels), len(roles)), np.nan)
-    text = np.full(z.shape, "", dtype=object)
-    for _, r in table.iterrows():
-        i = len(row_labels) - 1 if pd.isna(r["block"]) else blocks.index(int(r["block"]))
-        j = roles.index(r["role"])
-        v = float(r[metric])
-        z[i, j] = math.log10(max(v, 1e-12)) if log else v
-        text[i, j] = f"{r['name']}<br>{metric} = {v:.4g}"
-    label = {"kl": "KL divergence (nats/token)", "ppl_delta": "perplexity increase (%)"}.get(metric, metric)
-    fig = go.Figure(go.Heatmap(
-        z=z, x=roles, y=row_labels, text=text, hoverinfo="text", colorscale="Viridis",
-        colorbar={"title": ("log10 " if log else "") + metric},
-    ))
-    mode = table.attrs.get("mode", "")
-    fig.update_layout(
-        title=title or f"Damage of quantizing one layer alone ({mode}): {label}",
-        xaxis_title="role", yaxis_title="", yaxis={"autorange": "reversed"},
-        height=max(300, 22 * len(row_labels) + 140), width=620,
-    )
-    return fig
-
-
 __all__ = [
     "FEED_FORWARD_ROLES",
     "ROLES",
@@ -267,5 +232,4 @@ __all__ = [
     "layer_sensitivity",
     "least_sensitive",
     "quantized_alone",
-    "sensitivity_heatmap",
 ]

@@ -23,6 +23,7 @@ import pandas as pd
 import traitlets
 from torch import nn
 
+from labkit.models import parameter_count
 from labkit.quant.selection import EmptySelectionError
 from labkit.quant.sensitivity import FEED_FORWARD_ROLES, ROLES, describe_linears, least_sensitive
 
@@ -32,10 +33,6 @@ NONE = "none"
 LEAST_SENSITIVE = "least sensitive N%"
 CUSTOM = "custom"
 PRESETS = (FEED_FORWARD, ALL_LINEAR, NONE, LEAST_SENSITIVE)
-
-
-def _param_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 class LayerPicker(widgets.VBox):
@@ -48,7 +45,7 @@ class LayerPicker(widgets.VBox):
         self.layers = describe_linears(model)
         if self.layers.empty:
             raise EmptySelectionError(f"{type(model).__name__} has no nn.Linear layers to pick from")
-        self.total_params = _param_count(model)
+        self.total_params = parameter_count(model)
         self.metric = metric
         self.sensitivity: pd.DataFrame | None = None
         self._names = list(self.layers["name"])

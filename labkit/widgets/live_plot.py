@@ -13,13 +13,14 @@ from collections.abc import Iterable
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-COLORS = {"eager": "#d62728", "sdpa": "#1f77b4", "fa2": "#2ca02c", "flash-attn": "#9467bd", "cudnn": "#ff7f0e",
-          "math": "#8c564b"}
+from labkit.plots.palette import BACKEND_COLORS as COLORS
+from labkit.plots.palette import GREY
+
 MEMORY_LABELS = {"cuda_max_allocated": "GPU memory (max allocated)", "cpu_peak_rss": "CPU RAM (peak RSS)"}
 
 
 def _color(backend: str) -> str:
-    return COLORS.get(backend, "#7f7f7f")
+    return COLORS.get(backend, GREY)
 
 
 def _memory_label(rows: list[dict]) -> str:
@@ -140,7 +141,7 @@ def _add_limit_and_oom(fig, rows, backends, memory_limit_gib, memory_limit_label
 
 
 class LiveSweepPlot:
-    """Controls + progress bar + FigureWidget; `run()` (or the button) runs `labkit.bench.sweep.sweep` and
+    """Controls + progress bar + FigureWidget; `run()` (or the button) runs `labkit.attention.sweep.sweep` and
     draws each point as it finishes. `rows` holds the results; `static_figure()` gives them as a go.Figure."""
 
     def __init__(self, model: str = "tiny-llama", backends: Iterable[str] | None = None,
@@ -161,7 +162,7 @@ class LiveSweepPlot:
         self.title = title
         status = backend_status(self.device)
         if memory_limit_gib is None:
-            from labkit.bench.attention import device_memory_gib
+            from labkit.measure.memory import device_memory_gib
 
             memory_limit_gib, self.memory_limit_label = device_memory_gib(self.device)
         else:
@@ -262,7 +263,7 @@ class LiveSweepPlot:
 
     def run(self, **overrides) -> list[dict]:
         """Run the sweep the controls describe (keyword overrides: backends, seq_lens, batch_size, model)."""
-        from labkit.bench.sweep import ModelSpec, sweep
+        from labkit.attention.sweep import ModelSpec, sweep
 
         cfg = {**self.selected(), **overrides}
         backends = list(cfg["backends"])

@@ -17,13 +17,24 @@ after every measurement (status "running" until the end), so an interrupted run 
 
 from __future__ import annotations
 
-import shlex
-import sys
+import copy
+import json
 import time
 import traceback
 from pathlib import Path
 
 import torch
+
+from labkit.env import get_profile, provenance
+from labkit.experiments.hybrid.config import FEED_FORWARD, HybridConfig
+from labkit.experiments.hybrid.pipeline import run_hybrid
+from labkit.experiments.hybrid.shape import shape_benchmark
+from labkit.experiments.hybrid.targets import evaluate_targets, latency_effect
+from labkit.lm.perplexity import wikitext_blocks
+from labkit.measure.memory import release_memory
+from labkit.models import load_causal_lm
+from labkit.quant.sensitivity import describe_linears, layer_sensitivity
+from labkit.results.files import command_line, default_out, write_json
 
 SENSITIVITY_BLOCKS_CPU = (0, 10, 20, 29)  # full profile on a CPU
 SENSITIVITY_BLOCKS_QUICK = (0, 29)
@@ -56,29 +67,22 @@ def _ints(text: str | None) -> tuple[int, ...] | None:
 
 
 def _layers(text: str):
-    from labkit.pipelines.hybrid import FEED_FORWARD
-
     return {"feed-forward": FEED_FORWARD, "all-linear": r"\.layers\.\d+\."}.get(text, text)
 
 
 def run(args) -> dict:
     """Run both parts and write the result file; returns its content."""
-    from labkit.bench.attention import default_out, write_json
-    from labkit.env import get_profile, provenance
-    from labkit.pipelines import hybrid as hy
-
     started = time.perf_counter()
     profile = args.profile or get_profile()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(args.out) if args.out else default_out("hybrid", device)
-    command = "python -m labkit.bench hybrid " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
-        if len(sys.argv) > 2 and sys.argv[1] == "hybrid" else None
+    command = command_line(getattr(args, "argv", None))
     overrides = {k: v for k, v in {
         "train_steps": args.steps, "lr": args.lr, "seq_len": args.seq_len, "eval_blocks": args.eval_blocks,
         "prefill_lengths": _ints(args.prefill_lens),
         "variants": tuple(args.variants.split(",")) if args.variants else None,
     }.items() if v is not None}
-    cfg = hy.HybridConfig.for_profile(profile, device, model=args.model, layers=_layers(args.layers), **overrides)
+    cfg = HybridConfig.for_profile(profile, device, model=args.model, layers=_layers(args.layers), **overrides)
     result: dict = {
         "provenance": provenance(command), "experiment": "hybrid", "status": "running", "profile": profile,
         "config": cfg.as_dict(), "meta": {}, "selected": [], "rows": [], "checks": {}, "losses": {},
@@ -95,8 +99,8 @@ def run(args) -> dict:
     def save(status: str = "running") -> None:
         result["status"] = status
         result["elapsed_s"] = round(time.perf_counter() - started, 1)
-        result["targets"] = hy.evaluate_targets(result["rows"], result["shape_rows"])
-        result["latency_effect"] = hy.latency_effect(result["rows"], result["shape_rows"])
+        result["targets"] = evaluate_targets(result["rows"], result["shape_rows"])
+        result["latency_effect"] = latency_effect(result["rows"], result["shape_rows"])
         write_json(out, result)
 
     def stage(msg: str) -> None:
@@ -113,7 +117,7 @@ def run(args) -> dict:
         else:
             stage(f"{args.shape} shape (random weights): speed and memory")
             try:
-                hy.shape_benchmark(args.shape, _ints(args.shape_lens), _layers(args.layers),
+                shape_benchmark(args.shape, _ints(args.shape_lens), _layers(args.layers),
                                    tuple(args.shape_modes.split(",")), device=device,
                                    on_row=lambda row: (result["shape_rows"].append(row), save()),
                                    log=lambda s: stage(s))
@@ -130,9 +134,6 @@ def run(args) -> dict:
 
 def _trained_part(cfg, args, result: dict, save, stage) -> None:
     """Load the trained model, sensitivity table, then every variant (rows saved as they finish)."""
-    from labkit.models import load_causal_lm
-    from labkit.pipelines import hybrid as hy
-
     stage(f"loading {cfg.model}")
     try:
         model, tokenizer = load_causal_lm(cfg.model, dtype=torch.float32, device="cpu")
@@ -157,26 +158,23 @@ def _trained_part(cfg, args, result: dict, save, stage) -> None:
         save()
 
     try:
-        hy.run_hybrid(cfg, model, tokenizer, on_row=on_row, progress=False, log=lambda s: stage(s.strip()))
+        run_hybrid(cfg, model, tokenizer, on_row=on_row, progress=False, log=lambda s: stage(s.strip()))
     except Exception as err:  # noqa: BLE001
         result["errors"].append({"stage": "variants", "error": f"{type(err).__name__}: {err}",
                                  "traceback": traceback.format_exc(limit=4)})
         stage(f"variants FAILED: {type(err).__name__}: {err}")
     del model
-    hy.release_memory()
+    release_memory()
 
 
 def _sensitivity(model, tokenizer, cfg, profile: str) -> dict:
     """Sensitivity of every Linear (GPU) or of a few blocks (CPU) on calibration blocks of WikiText-2 validation."""
-    from labkit.pipelines import hybrid as hy
-    from labkit.quant.sensitivity import describe_linears, layer_sensitivity
-
     device = torch.device(cfg.device)
     gpu = device.type == "cuda"
-    work = __import__("copy").deepcopy(model).to(device=device, dtype=cfg.torch_dtype())
+    work = copy.deepcopy(model).to(device=device, dtype=cfg.torch_dtype())
     quick = profile == "quick"
     n_batches, seq = (4, 512) if gpu else ((1, 128) if quick else (2, min(cfg.seq_len, 256)))
-    batches = hy.wikitext_blocks(tokenizer, "validation", seq, n_batches, cfg.data_dir)
+    batches = wikitext_blocks(tokenizer, "validation", seq, n_batches, cfg.data_dir)
     layers = None
     if not gpu:
         info = describe_linears(work)
@@ -184,23 +182,5 @@ def _sensitivity(model, tokenizer, cfg, profile: str) -> dict:
         layers = list(info.loc[keep, "name"])
     table = layer_sensitivity(work, batches, layers, mode="w8a8", progress=False)
     del work
-    hy.release_memory(device)
-    import json
-
+    release_memory(device)
     return {"attrs": dict(table.attrs), "rows": json.loads(table.to_json(orient="records"))}
-
-
-def reference_results(directory: str | Path | None = None) -> dict[str, dict]:
-    """Committed result files data/reference/hybrid_<device>.json, by device slug ({} when none)."""
-    import json
-
-    directory = Path(directory) if directory is not None else _reference_dir()
-    out = {}
-    for path in sorted(directory.glob("hybrid_*.json")):
-        out[path.stem.removeprefix("hybrid_")] = json.loads(path.read_text(encoding="utf-8"))
-    return out
-
-
-def _reference_dir() -> Path:
-    """data/reference of the repository labkit lives in (notebooks run from notebooks/, the CLI from the root)."""
-    return Path(__file__).resolve().parents[2] / "data" / "reference"

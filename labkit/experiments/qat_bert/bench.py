@@ -13,11 +13,15 @@ the target checks and the save/load round-trip check.
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from pathlib import Path
 
 import torch
+
+from labkit.env import get_profile, provenance
+from labkit.experiments.qat_bert import pipeline
+from labkit.experiments.qat_bert.pipeline import QATBertConfig
+from labkit.experiments.qat_bert.report import target_checks
+from labkit.results.files import REFERENCE_DIR, command_line, write_json
 
 EXPERIMENT = "qat_bert"
 
@@ -35,14 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def default_path() -> Path:
     """data/reference/qat_bert_cpu.json: the experiment runs on the CPU (its deployment target) everywhere."""
-    return Path("data") / "reference" / f"{EXPERIMENT}_cpu.json"
+    return REFERENCE_DIR / f"{EXPERIMENT}_cpu.json"
 
 
 def run(args: argparse.Namespace) -> dict:
-    from labkit.bench.attention import write_json
-    from labkit.env import get_profile, provenance
-    from labkit.pipelines.qat_bert import QATBertConfig, run_qat_bert, target_checks
-
     if args.threads:
         torch.set_num_threads(args.threads)
     profile = args.profile or get_profile()
@@ -55,10 +55,10 @@ def run(args: argparse.Namespace) -> dict:
     cfg = QATBertConfig.for_profile(profile, **overrides)
     cfg.validate()
     out = Path(args.out) if args.out else default_path()
-    command = "python -m labkit.bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
+    command = command_line(getattr(args, "argv", None))
     print(f"qat: profile {profile}, {cfg.dataset}, {cfg.model}, {torch.get_num_threads()} threads; writing {out}",
           flush=True)
-    result = run_qat_bert(cfg)
+    result = pipeline.run_qat_bert(cfg)
     data = {
         "provenance": {**provenance(command), "profile": profile},
         "experiment": EXPERIMENT,

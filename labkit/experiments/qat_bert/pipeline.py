@@ -17,19 +17,29 @@ visible. The same labkit.quant API runs on GPUs in bf16 (notebook 03).
 from __future__ import annotations
 
 import copy
-import gc
-import json
-import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from labkit.quant.selection import LayerSelection
+from labkit.data import load_text_classification, tokenize_classification
+from labkit.experiments.qat_bert.latency import measure_latency
+from labkit.metrics import classification_metrics
+from labkit.models import load_classifier
+from labkit.quant.io import round_trip_check
+from labkit.quant.ptq import (
+    quantize_dynamic_int8,
+    quantize_embeddings_int8,
+    quantize_static_int8,
+    quantize_weight_only_int8,
+)
+from labkit.quant.qat import convert_qat, prepare_qat
+from labkit.quant.report import int8_modules
+from labkit.quant.selection import LayerSelection, resolve_layers
+from labkit.quant.size import size_on_disk_mb
 
 DATASETS = {"sst2": ("train", "validation"), "imdb": ("train", "test")}
 VARIANTS = ("fp32", "fp32-extra", "ptq-dynamic", "ptq-static", "qat")
@@ -130,8 +140,6 @@ class QATBertResult:
 
 def load_data(cfg: QATBertConfig, tokenizer):
     """(train, eval) tokenised datasets: `n_train` shuffled training rows, `n_eval` eval rows (None = all)."""
-    from labkit.data import load_text_classification, tokenize_classification
-
     train_split, eval_split = DATASETS[cfg.dataset]
     train = load_text_classification(cfg.dataset, train_split, n=cfg.n_train, seed=cfg.seed, data_dir=cfg.data_dir)
     evalset = load_text_classification(cfg.dataset, eval_split, n=cfg.n_eval, seed=cfg.seed, data_dir=cfg.data_dir)
@@ -183,8 +191,6 @@ def train(model: nn.Module, train_ds, tokenizer, cfg: QATBertConfig, steps: int,
 @torch.inference_mode()
 def evaluate(model: nn.Module, eval_ds, tokenizer, batch_size: int = 32, desc: str = "eval") -> dict:
     """Accuracy and F1 (through `evaluate`) of `model` on `eval_ds`, dynamic padding."""
-    from labkit.metrics import classification_metrics
-
     model.eval()
     device = next(model.parameters()).device
     preds: list[int] = []
@@ -200,8 +206,6 @@ def evaluate(model: nn.Module, eval_ds, tokenizer, batch_size: int = 32, desc: s
 
 def make_ptq_dynamic(fp32: nn.Module, cfg: QATBertConfig) -> nn.Module:
     """A copy of `fp32` with dynamic INT8 Linear layers (and INT8 embeddings)."""
-    from labkit.quant.ptq import quantize_dynamic_int8, quantize_embeddings_int8, quantize_weight_only_int8
-
     model = copy.deepcopy(fp32).eval()
     if cfg.activations is None:
         quantize_weight_only_int8(model, cfg.layers)
@@ -214,8 +218,6 @@ def make_ptq_dynamic(fp32: nn.Module, cfg: QATBertConfig) -> nn.Module:
 
 def make_ptq_static(fp32: nn.Module, cfg: QATBertConfig, train_ds, tokenizer) -> nn.Module:
     """A copy of `fp32` with static INT8 Linear layers calibrated on training batches (and INT8 embeddings)."""
-    from labkit.quant.ptq import quantize_embeddings_int8, quantize_static_int8
-
     model = copy.deepcopy(fp32).eval()
     calib = list(batches(train_ds, tokenizer, cfg.batch_size, limit=cfg.calibration_batches, shuffle_seed=cfg.seed + 1))
     quantize_static_int8(model, cfg.layers, calib)
@@ -226,97 +228,11 @@ def make_ptq_static(fp32: nn.Module, cfg: QATBertConfig, train_ds, tokenizer) ->
 
 def make_qat(fp32: nn.Module, cfg: QATBertConfig, train_ds, tokenizer) -> tuple[nn.Module, dict]:
     """A copy of `fp32`, prepared with fake quantizers, trained `extra_steps`, converted to real INT8."""
-    from labkit.quant.qat import convert_qat, prepare_qat
-
     model = copy.deepcopy(fp32).train()
     prepare_qat(model, cfg.layers, activations=cfg.activations, embeddings=cfg.embeddings)
     info = train(model, train_ds, tokenizer, cfg, cfg.extra_steps, cfg.extra_lr, "qat")
     convert_qat(model)
     return model.eval(), info
-
-
-# ------------------------------------------------------------------------------------------- latency
-
-
-def latency_inputs(batch_size: int, seq_len: int, vocab_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A full-length batch (every position a real token), so every variant does the same work."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1000, vocab_size, (batch_size, seq_len), generator=g)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
-
-
-def compile_model(model: nn.Module):
-    """torch.compile; call it (compile, warm up, run) inside `compile_settings()` so every variant gets the
-    same inductor settings."""
-    return torch.compile(model)
-
-
-def compile_settings():
-    """Inductor freezing for every compiled variant alike: weights become constants, so on x86 the FP32
-    Linears use packed MKL GEMMs and torchao's INT8 pattern is lowered to oneDNN's qlinear kernel.
-    (Set as a config patch around compilation: passing `options={"freezing": True}` to torch.compile
-    did not trigger the oneDNN INT8 lowering in torch 2.13, only the plain `_int_mm` path.)"""
-    import contextlib
-
-    import torch._dynamo.config as dynamo_config
-    import torch._inductor.config as inductor_config
-
-    stack = contextlib.ExitStack()
-    stack.enter_context(inductor_config.patch(freezing=True))
-    # every variant x batch size is one more compiled entry of the same forward(); past dynamo's default
-    # limit (8) the extra ones would silently run eager, so raise it for this measurement
-    limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
-    stack.enter_context(dynamo_config.patch(**{limit: 64}))
-    return stack
-
-
-def measure_latency(
-    models: dict[str, nn.Module], cfg: QATBertConfig, vocab_size: int, compiled: bool = False,
-    progress: tqdm | None = None,
-) -> dict[str, dict[int, dict]]:
-    """Median latency (ms) per variant and batch size. Rounds are interleaved across variants, so load
-    from other processes on a shared machine hits every variant alike; `warmup` calls (and, compiled,
-    the compilation) happen before any timed call."""
-    import contextlib
-
-    inputs = {b: latency_inputs(b, cfg.latency_seq_len, vocab_size, cfg.seed) for b in cfg.latency_batch_sizes}
-    fns, compile_s = {}, {}
-    settings = compile_settings() if compiled else contextlib.nullcontext()
-    if compiled:
-        torch._dynamo.reset()
-    with torch.inference_mode(), settings:
-        for name, model in models.items():
-            fn = compile_model(model) if compiled else model
-            t0 = time.perf_counter()
-            for b, x in inputs.items():
-                for _ in range(cfg.latency_warmup):
-                    fn(**x)
-            compile_s[name] = time.perf_counter() - t0
-            fns[name] = fn
-            if progress is not None:
-                progress.set_postfix_str(f"{'compiled' if compiled else 'eager'} warm-up {name}")
-        times = {n: {b: [] for b in inputs} for n in models}
-        for r in range(cfg.latency_rounds):
-            for name, fn in fns.items():
-                for b, x in inputs.items():
-                    for _ in range(cfg.latency_repeat):
-                        t0 = time.perf_counter()
-                        fn(**x)
-                        times[name][b].append((time.perf_counter() - t0) * 1e3)
-            if progress is not None:
-                progress.set_postfix_str(f"{'compiled' if compiled else 'eager'} round {r + 1}/{cfg.latency_rounds}")
-    out = {}
-    for name, per_b in times.items():
-        out[name] = {}
-        for b, ts in per_b.items():
-            q = statistics.quantiles(ts, n=10) if len(ts) >= 2 else [ts[0]] * 9
-            out[name][b] = {"median_ms": statistics.median(ts), "p10_ms": q[0], "p90_ms": q[-1], "n": len(ts),
-                            "warmup_s": compile_s[name]}
-    del fns
-    if compiled:
-        torch._dynamo.reset()
-    gc.collect()
-    return out
 
 
 # ------------------------------------------------------------------------------------------- the run
@@ -325,12 +241,6 @@ def measure_latency(
 def run_qat_bert(cfg: QATBertConfig | None = None, progress: bool = True, keep_models: bool = False) -> QATBertResult:
     """Run the whole comparison and return one row per variant (see the module docstring); with
     `keep_models` the result also holds the five models, the tokenizer and the datasets."""
-    from labkit.models import load_classifier
-    from labkit.quant.io import round_trip_check
-    from labkit.quant.report import int8_modules
-    from labkit.quant.selection import resolve_layers
-    from labkit.quant.size import size_on_disk_mb
-
     cfg = cfg or QATBertConfig.for_profile("quick")
     cfg.validate()
     torch.manual_seed(cfg.seed)
@@ -425,130 +335,3 @@ def run_qat_bert(cfg: QATBertConfig | None = None, progress: bool = True, keep_m
     if keep_models:
         result.models, result.tokenizer, result.eval_ds, result.train_ds = models, tokenizer, eval_ds, train_ds
     return result
-
-
-# ------------------------------------------------------------------------------------------- targets
-
-
-def _row(rows: list[dict], variant: str) -> dict:
-    for r in rows:
-        if r["variant"] == variant:
-            return r
-    raise KeyError(f"no row for variant {variant!r}; rows have {[r['variant'] for r in rows]}")
-
-
-def target_checks(rows: list[dict]) -> list[dict]:
-    """The issue's three targets, each stated from measured numbers: met / missed / not measured."""
-    fp32, fp32x, qat = _row(rows, "fp32"), _row(rows, "fp32-extra"), _row(rows, "qat")
-    checks = []
-    gap = (fp32x["accuracy"] - qat["accuracy"]) * 100
-    checks.append({
-        "target": "QAT accuracy within 0.3 points of FP32 (same training budget)",
-        "measured": f"QAT {qat['accuracy'] * 100:.2f} vs FP32+extra {fp32x['accuracy'] * 100:.2f}: "
-                    f"QAT {-gap:+.2f} points (against the first FP32 {fp32['accuracy'] * 100:.2f}: "
-                    f"{(qat['accuracy'] - fp32['accuracy']) * 100:+.2f})",
-        "value": gap, "limit": 0.3, "met": gap <= 0.3,
-    })
-    for mode, suffix in (("eager", ""), ("compiled", "_compiled")):
-        a, b = qat.get(f"latency_ms_b8{suffix}"), fp32.get(f"latency_ms_b8{suffix}")
-        if a is None or b is None:
-            checks.append({"target": f"INT8 latency <= 0.5x FP32 at batch 8, len 128 ({mode})",
-                           "measured": "not measured in this run", "value": None, "limit": 0.5, "met": None})
-            continue
-        ratio = a / b
-        checks.append({
-            "target": f"INT8 latency <= 0.5x FP32 at batch 8, len 128 ({mode})",
-            "measured": f"QAT INT8 {a:.1f} ms vs FP32 {b:.1f} ms: {ratio:.2f}x",
-            "value": ratio, "limit": 0.5, "met": ratio <= 0.5,
-        })
-    ratio = qat["size_mb"] / fp32["size_mb"]
-    checks.append({
-        "target": "INT8 size <= 0.3x FP32, embeddings included",
-        "measured": f"QAT INT8 {qat['size_mb']:.1f} MB vs FP32 {fp32['size_mb']:.1f} MB: {ratio:.2f}x",
-        "value": ratio, "limit": 0.3, "met": ratio <= 0.3,
-    })
-    return checks
-
-
-def accuracy_changes(rows: list[dict]) -> list[dict]:
-    """Accuracy/F1 change (points) of each INT8 variant against the FP32 model with the same training:
-    PTQ against the first FP32 model, QAT against FP32 + extra steps."""
-    out = []
-    for variant, ref in (("ptq-dynamic", "fp32"), ("ptq-static", "fp32"), ("qat", "fp32-extra")):
-        r, f = _row(rows, variant), _row(rows, ref)
-        out.append({"variant": r["label"], "against": f["label"],
-                    "accuracy change (points)": (r["accuracy"] - f["accuracy"]) * 100,
-                    "F1 change (points)": (r["f1"] - f["f1"]) * 100})
-    return out
-
-
-def results_frame(rows: list[dict]):
-    """The results table as a pandas DataFrame (accuracy and F1 in %, one row per variant)."""
-    import pandas as pd
-
-    cols = ["label", "accuracy", "f1", "size_mb", "latency_ms_b1", "latency_ms_b8", "latency_ms_b1_compiled",
-            "latency_ms_b8_compiled", "train_steps", "int8_modules"]
-    df = pd.DataFrame(rows)
-    df = df[[c for c in cols if c in df.columns]].copy()
-    df["accuracy"] *= 100
-    df["f1"] *= 100
-    return df.rename(columns={"label": "variant", "accuracy": "accuracy %", "f1": "F1 %", "size_mb": "size MB",
-                              "latency_ms_b1": "b1 eager ms", "latency_ms_b8": "b8 eager ms",
-                              "latency_ms_b1_compiled": "b1 compiled ms", "latency_ms_b8_compiled": "b8 compiled ms",
-                              "train_steps": "train steps", "int8_modules": "INT8 modules"}).set_index("variant")
-
-
-# ------------------------------------------------------------------------------------------- legacy
-
-
-def run_legacy(result: QATBertResult, steps: int | None = None, progress: bool = True) -> dict:
-    """The deprecated torch.ao.quantization eager-mode QAT recipe on the same FP32 model, layers, data and
-    extra steps (needs `run_qat_bert(..., keep_models=True)`), plus the naive mistakes, measured."""
-    from labkit.bench.timing import time_callable
-    from labkit.quant.legacy import (
-        legacy_convert,
-        legacy_prepare_qat,
-        legacy_quantized_modules,
-        legacy_size_mb,
-        naive_mistakes,
-    )
-
-    if "fp32" not in result.models:
-        raise ValueError("run_legacy needs the models: call run_qat_bert(cfg, keep_models=True) first")
-    cfg = QATBertConfig(**{k: v for k, v in result.config.items() if k in QATBertConfig.__dataclass_fields__})
-    cfg.latency_batch_sizes = tuple(cfg.latency_batch_sizes)
-    steps = steps or cfg.extra_steps
-    fp32 = result.models["fp32"]
-    sample = next(batches(result.eval_ds, result.tokenizer, 8))
-    mistakes = naive_mistakes(fp32, sample, cfg.layers)
-    model = legacy_prepare_qat(copy.deepcopy(fp32), cfg.layers)
-    info = train(model, result.train_ds, result.tokenizer, cfg, steps, cfg.extra_lr, "legacy-qat")
-    legacy_convert(model)
-    metrics = evaluate(model, result.eval_ds, result.tokenizer, desc="eval legacy")
-    x = latency_inputs(8, cfg.latency_seq_len, fp32.config.vocab_size, cfg.seed)
-    lat = time_callable(lambda: model(**x), warmup=cfg.latency_warmup,
-                        repeat=cfg.latency_rounds * cfg.latency_repeat)
-    lat_fp32 = time_callable(lambda: fp32(**x), warmup=cfg.latency_warmup,
-                             repeat=cfg.latency_rounds * cfg.latency_repeat)
-    return {
-        "row": {"variant": "legacy-qat", "label": "legacy eager QAT (torch.ao)", **metrics,
-                "size_mb": legacy_size_mb(model), "quantized_modules": len(legacy_quantized_modules(model)),
-                "train_steps": cfg.fp32_steps + info["steps"], "latency_ms_b8": lat.median_ms,
-                "fp32_latency_ms_b8_same_session": lat_fp32.median_ms},
-        "mistakes": mistakes,
-    }
-
-
-def reference_path(device: str = "cpu") -> Path:
-    """data/reference/qat_bert_<device>.json in the repository (independent of the working directory)."""
-    return Path(__file__).resolve().parents[2] / "data" / "reference" / f"qat_bert_{device}.json"
-
-
-def load_reference(device: str = "cpu") -> dict | None:
-    """The committed result file of `python -m labkit.bench qat --profile full`, or None when absent."""
-    path = reference_path(device)
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text(encoding="utf-8"))
-    data["path"] = str(path)
-    return data

@@ -1,0 +1,109 @@
+"""What one hybrid run is: the variants (float, PTQ, fine-tune-then-PTQ, QAT; INT8 weight-only or with dynamic
+activations), the layers they quantize, and every setting (`HybridConfig.for_profile` for quick and full)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+from labkit.env import default_device, get_profile
+from labkit.quant.selection import LayerSelection
+
+FEED_FORWARD = r"\.mlp\.(gate|up|down)_proj$"
+"""The source article's strategy: the feed-forward (MLP) Linear layers of every block."""
+
+@dataclass(frozen=True)
+class Variant:
+    """How one variant is made: quantization method (None/ptq/qat), INT8 mode (w8 / w8a8), fine-tuned or not,
+    and whether it starts from the base-ft model (fine-tuned once, reused) instead of the untouched one."""
+
+    name: str
+    label: str
+    method: str | None = None
+    mode: str | None = None
+    train: bool = False
+    from_ft: bool = False
+
+    @property
+    def activations(self) -> str | None:
+        return "int8-dynamic" if self.mode == "w8a8" else None
+
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("base", "float, untouched"),
+    Variant("base-ft", "float, fine-tuned like QAT", train=True),
+    Variant("ptq-w8", "PTQ INT8 weight-only", "ptq", "w8"),
+    Variant("ptq-w8a8", "PTQ INT8 dynamic activations", "ptq", "w8a8"),
+    Variant("ft-ptq-w8", "fine-tune, then PTQ INT8 weight-only", "ptq", "w8", train=True, from_ft=True),
+    Variant("ft-ptq-w8a8", "fine-tune, then PTQ INT8 dynamic activations", "ptq", "w8a8", train=True, from_ft=True),
+    Variant("qat-w8", "QAT -> INT8 weight-only", "qat", "w8", train=True),
+    Variant("qat-w8a8", "QAT -> INT8 dynamic activations", "qat", "w8a8", train=True),
+)}
+
+
+def attention_backend(device: torch.device | str) -> str:
+    """FlashAttention-2 ("fa2") on an NVIDIA GPU; on a CPU PyTorch's SDPA (FA2 has no CPU kernel)."""
+    return "fa2" if torch.device(device).type == "cuda" else "sdpa"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass
+class HybridConfig:
+    """Everything one hybrid run depends on. `for_profile` gives the quick and full settings."""
+
+    model: str = "smollm2-135m"
+    layers: LayerSelection = FEED_FORWARD
+    device: str | None = None
+    dtype: str = "bfloat16"
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    seq_len: int = 1024               # tokens per block, for perplexity and fine-tuning
+    eval_blocks: int | None = None    # test blocks for perplexity (None: the whole split)
+    eval_batch: int = 8
+    train_steps: int = 120
+    train_batch: int = 4
+    lr: float = 2e-5
+    warmup_frac: float = 0.1
+    freeze_embeddings: bool = True    # tied models: the head is frozen with it (same tensor)
+    prefill_lengths: tuple[int, ...] = (2048, 8192)
+    prefill_warmup: int | None = None  # None: the sweep's defaults by length
+    prefill_repeat: int | None = None
+    decode_prompt: int = 128
+    decode_tokens: int = 64
+    decode_repeat: int = 3
+    seed: int = 0
+    data_dir: str | None = None
+
+    @classmethod
+    def for_profile(cls, profile: str | None = None, device: torch.device | str | None = None,
+                    **overrides) -> HybridConfig:
+        """quick: a CPU smoke run of every step (2 minutes on 2 idle cores; its numbers only show the mechanics);
+        full on a GPU: the real experiment; full on a CPU: a reduced but real run (tens of minutes)."""
+        profile = profile or get_profile()
+        device = torch.device(device) if device is not None else default_device()
+        if profile == "quick":
+            cfg = cls(variants=("base", "base-ft", "ptq-w8a8", "ft-ptq-w8a8", "qat-w8a8"), seq_len=128, eval_blocks=4,
+                      eval_batch=4, train_steps=4, train_batch=2, lr=5e-5, prefill_lengths=(64, 256),
+                      prefill_warmup=1, prefill_repeat=1, decode_prompt=16, decode_tokens=4, decode_repeat=1)
+        elif profile == "full" and device.type != "cuda":
+            cfg = cls(variants=("base", "base-ft", "ptq-w8", "ptq-w8a8", "ft-ptq-w8a8", "qat-w8a8"), seq_len=256,
+                      eval_blocks=24, eval_batch=4, train_steps=16, train_batch=2, lr=3e-5, prefill_lengths=(512, 2048),
+                      prefill_warmup=1, prefill_repeat=2, decode_prompt=64, decode_tokens=8, decode_repeat=2)
+        elif profile == "full":
+            cfg = cls()
+        else:
+            raise ValueError(f"unknown profile {profile!r}; use 'quick' or 'full'")
+        cfg.device = str(device)
+        return replace(cfg, **overrides)
+
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        if callable(self.layers):
+            d["layers"] = f"<predicate {getattr(self.layers, '__name__', 'callable')}>"
+        return d

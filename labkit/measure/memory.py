@@ -1,0 +1,86 @@
+"""Memory helpers shared by every benchmark: out-of-memory detection, releasing memory between models, the
+process's resident set size (CPU peak memory) and the device's capacity."""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+
+GIB = 2**30
+CPU_OOM_MESSAGES = ("can't allocate memory", "cannot allocate memory", "out of memory")
+
+
+def is_memory_error(err: BaseException) -> bool:
+    """Out of memory on the GPU or the CPU (torch's CPU allocator says "can't allocate memory")."""
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return any(m in str(err).lower() for m in CPU_OOM_MESSAGES)
+
+
+def error_text(err: BaseException) -> str:
+    """`Type: first line of the message` (at most 300 characters), for result rows."""
+    msg = str(err).strip()
+    return f"{type(err).__name__}: {msg.splitlines()[0][:300] if msg else ''}"
+
+
+def release_memory(device: torch.device | str | None = None) -> None:
+    """Collect garbage and return cached CUDA blocks, so the next measurement's peak memory is its own."""
+    gc.collect()
+    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+def rss_gib(field_name: str = "VmRSS") -> float | None:
+    """A memory field of /proc/self/status in GiB (VmRSS: now, VmHWM: peak); None where there is no /proc."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) * 1024 / GIB
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux: write 5 to /proc/self/clear_refs); False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident set size in GiB (since the last `reset_peak_rss`)."""
+    hwm = rss_gib("VmHWM")
+    if hwm is not None:
+        return hwm
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB  # Linux: kilobytes
+
+
+def cuda_peak_gib(fn, device: torch.device | str = "cuda") -> float:
+    """Peak GPU memory allocated (GiB) while running `fn()` once, statistics reset just before."""
+    device = torch.device(device)
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode():
+        fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / GIB
+
+
+def device_memory_gib(device: torch.device | str) -> tuple[float, str]:
+    """(capacity in GiB, label): GPU memory, or the machine's RAM on a CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory / GIB, "GPU memory"
+    import psutil
+
+    return psutil.virtual_memory().total / GIB, "CPU RAM"
