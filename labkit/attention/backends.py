@@ -66,6 +66,9 @@ BACKENDS: dict[str, Backend] = {
                 needs_package="flash_attn"),
         Backend("cudnn", "SDPA forced to PyTorch's CUDNN_ATTENTION backend (cuDNN fused attention)",
                 "labkit_cudnn", ("CUDNN_ATTENTION",), needs_cuda=True, min_capability=(9, 0), half_only=True),
+        Backend("triton-fa2", "labkit's own FlashAttention-2 kernels written in Triton "
+                "(labkit.attention.triton_fa2, to read beside tiled.py)", "labkit_triton_fa2", needs_cuda=True,
+                min_capability=(8, 0), half_only=True, needs_package="triton"),
         Backend("math", "SDPA forced to PyTorch's MATH backend: the reference composite, materialises N x N "
                 "like eager (runs everywhere; used to test the forcing mechanism on a CPU)", "labkit_math",
                 ("MATH",), in_sweep=False),
@@ -94,6 +97,15 @@ def unavailable_reason(name: str, device: torch.device | str | None = None,
     if device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
+    if name == "triton-fa2":  # a GPU, or Triton's CPU interpreter in tests (any dtype there)
+        from labkit.attention.triton_fa2_backend import interpreter_enabled, triton_unavailable_reason
+
+        reason = triton_unavailable_reason(device)
+        if reason is None and device.type == "cuda" and dtype is not None and dtype not in HALF_DTYPES:
+            reason = f"runs in float16 or bfloat16 only; the model is {dtype} (build it with dtype=torch.bfloat16)"
+        if reason is None and device.type == "cpu" and not interpreter_enabled():
+            reason = "needs an NVIDIA GPU (CUDA)"
+        return reason
     if backend.needs_package and importlib.util.find_spec(backend.needs_package) is None:
         return (f"the {backend.needs_package.replace('_', '-')} package is not installed "
                 f"(`pip install flash-attn --no-build-isolation` on a CUDA machine)")
@@ -181,15 +193,20 @@ def _forced_sdpa_function(backend: Backend):
 
 
 def register_backends() -> None:
-    """Register labkit's forced SDPA backends with transformers (idempotent)."""
+    """Register labkit's forced SDPA backends and its Triton FlashAttention-2 with transformers (idempotent)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
     for backend in BACKENDS.values():
-        if backend.sdpa_backends is None:
+        if backend.sdpa_backends is not None:
+            AttentionInterface.register(backend.hf_name, _forced_sdpa_function(backend))
+        elif backend.name == "triton-fa2":
+            from labkit.attention.triton_fa2_backend import transformers_attention
+
+            AttentionInterface.register(backend.hf_name, transformers_attention)
+        else:
             continue
-        AttentionInterface.register(backend.hf_name, _forced_sdpa_function(backend))
-        # Same mask as `sdpa`: None when there is no padding, so SDPA receives is_causal=True and no mask.
+        # Same mask as `sdpa`: None when there is no padding, so the kernel runs causal with no mask.
         AttentionMaskInterface.register(backend.hf_name, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
 
 

@@ -300,11 +300,9 @@ if INTERPRET:  # one small config: the interpreter runs every program one after 
     FWD_CONFIGS = DKDV_CONFIGS = DQ_CONFIGS = [_config(16, 16, 4, 1)]
 else:  # (block_q, block_k, num_warps, num_stages); the causal split needs the larger block a multiple of the other
     FWD_CONFIGS = [_config(*c) for c in ((128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 2),
-                                         (128, 64, 8, 4), (64, 64, 4, 3))]
-    DKDV_CONFIGS = [_config(*c) for c in ((32, 128, 4, 3), (64, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 3),
-                                          (64, 64, 4, 3))]
-    DQ_CONFIGS = [_config(*c) for c in ((128, 32, 4, 3), (128, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 3),
-                                        (64, 64, 4, 3))]
+                                         (64, 64, 4, 3))]
+    DKDV_CONFIGS = [_config(*c) for c in ((32, 128, 4, 3), (32, 128, 8, 3), (64, 128, 8, 3), (64, 64, 4, 3))]
+    DQ_CONFIGS = [_config(*c) for c in ((128, 32, 4, 3), (128, 32, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3))]
 
 # EVEN_N: every block is full, so loads and stores need no bounds masks (decided per launch, after tuning)
 _EVEN = triton.heuristics({"EVEN_N": lambda a: a["n_ctx"] % a["BLOCK_Q"] == 0 and a["n_ctx"] % a["BLOCK_K"] == 0})
