@@ -166,6 +166,33 @@ def prefill_case(model, backend: str, n: int, repeat: int = 3) -> dict:
     return row
 
 
+def kernel_breakdown(backend: str, n: int, head_dim: int, heads: int, calls: int = 20) -> dict:
+    """GPU time per kernel (microseconds per backward, from torch.profiler) against the wall time of one
+    backward: where the two differ, the host (Python, autograd, launches) is the bottleneck, not the GPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    q, k, v = (torch.randn(1, heads, n, head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    out = attention_call(backend, q, k, v, True)()
+    dout = torch.randn_like(out)
+    for _ in range(3):
+        torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)
+        end.record()
+        torch.cuda.synchronize()
+    kernels: dict[str, float] = {}
+    for event in prof.events():
+        if getattr(event, "device_type", None) == torch.autograd.DeviceType.CUDA:
+            kernels[event.name[:60]] = kernels.get(event.name[:60], 0.0) + event.device_time / calls
+    return dict(backend=backend, seq_len=n, head_dim=head_dim, wall_us=start.elapsed_time(end) * 1e3 / calls,
+                gpu_us=sum(kernels.values()), kernels_us=kernels)
+
+
 def write(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -254,6 +281,15 @@ def main(argv=None) -> int:
                     print(f"{row['direction']:<9} d={d:<4} N={n:<6} {backend:<11} "
                           f"{row['ms'] or 0:9.3f} ms {row['tflops'] or 0:7.1f} TFLOP/s {row['error'] or ''}",
                           flush=True)
+    if not args.no_backward:  # short sequences: is the backward bound by the host or by the GPU?
+        for backend in args.backends:
+            try:
+                row = kernel_breakdown(backend, min(cfg["seq_lens"]), max(cfg["head_dims"]), cfg["heads"])
+            except Exception as err:  # noqa: BLE001 - a row
+                row = dict(backend=backend, error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
+            result.setdefault("backward_breakdown", []).append(row)
+            write(out, result)
+            print("breakdown", json.dumps(row), flush=True)
     if args.prefill:
         from labkit.models import build_from_shape
 
