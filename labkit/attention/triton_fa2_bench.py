@@ -212,6 +212,12 @@ def summary(rows: list[dict]) -> list[str]:
     return lines
 
 
+def load_committed(gpu: str = "h100") -> dict | None:
+    """The committed reference data/reference/triton_fa2_<gpu>.json of this checkout (None when absent)."""
+    path = Path(__file__).resolve().parents[2] / "data" / "reference" / f"triton_fa2_{gpu}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m labkit.attention.triton_fa2_bench", description=__doc__.split("\n")[0])
     p.add_argument("--profile", choices=sorted(PROFILES), default="full")
