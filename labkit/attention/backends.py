@@ -192,6 +192,31 @@ def _forced_sdpa_function(backend: Backend):
     return attention
 
 
+def _triton_fa2_function(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """A transformers attention function (query [B, H, N, d], key/value [B, H_kv, N, d]) -> ([B, N, H, d], None).
+
+    Causal when the module is (decoder self-attention) and there is no padding mask; a mask, dropout or a
+    query shorter than the keys (decoding with a cache) is refused: the kernel takes none of them."""
+    from labkit.attention.triton_fa2_backend import triton_flash_attention, triton_unavailable_reason
+
+    if attention_mask is not None:
+        raise BackendFallbackError(
+            "attention backend 'triton-fa2' got an explicit attention mask (padding, or a non-causal pattern); "
+            "the kernel takes only causal or full attention: run without padding")
+    if dropout and module.training:
+        raise BackendFallbackError(f"attention backend 'triton-fa2' has no dropout; got dropout={dropout}")
+    if query.shape[-2] != key.shape[-2]:
+        raise BackendFallbackError(
+            f"attention backend 'triton-fa2' needs as many queries as keys (prefill); got {query.shape[-2]} "
+            f"queries for {key.shape[-2]} keys (decoding with a KV cache): use use_cache=False or another backend")
+    reason = triton_unavailable_reason(query.device)
+    if reason is not None:
+        raise BackendFallbackError(f"attention backend 'triton-fa2' cannot run on {query.device}: {reason}")
+    causal = bool(getattr(module, "is_causal", True)) and query.shape[-2] > 1
+    out = triton_flash_attention(query, key, value, causal, scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
 def register_backends() -> None:
     """Register labkit's forced SDPA backends and its Triton FlashAttention-2 with transformers (idempotent)."""
     from transformers import AttentionInterface
@@ -201,9 +226,7 @@ def register_backends() -> None:
         if backend.sdpa_backends is not None:
             AttentionInterface.register(backend.hf_name, _forced_sdpa_function(backend))
         elif backend.name == "triton-fa2":
-            from labkit.attention.triton_fa2_backend import transformers_attention
-
-            AttentionInterface.register(backend.hf_name, transformers_attention)
+            AttentionInterface.register(backend.hf_name, _triton_fa2_function)
         else:
             continue
         # Same mask as `sdpa`: None when there is no padding, so the kernel runs causal with no mask.

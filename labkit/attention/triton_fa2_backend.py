@@ -2,11 +2,10 @@
 
     triton_flash_attention(q, k, v, causal=True)   autograd-aware attention on [B, H, N, d] tensors (GQA: k, v
                                                   may have fewer heads); the backward recomputes P from lse
-    transformers_attention                        the function registered with transformers' AttentionInterface
-                                                  as "labkit_triton_fa2" (labkit backend "triton-fa2")
     triton_unavailable_reason(device)             why it cannot run here (None: it can)
 
-The kernels are in `labkit.attention.triton_fa2`. They need an NVIDIA GPU, or Triton's CPU interpreter
+The kernels are in `labkit.attention.triton_fa2`; `labkit.attention.backends` registers this function with
+transformers as the backend "triton-fa2". They need an NVIDIA GPU, or Triton's CPU interpreter
 (`TRITON_INTERPRET=1` set before Triton is imported; slow, for tests only).
 """
 
@@ -67,28 +66,3 @@ def triton_flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ca
     """softmax(Q K^T * scale) V with labkit's Triton FlashAttention-2 (scale defaults to 1/sqrt(d)).
     q: [B, H, N, d]; k, v: [B, H_kv, N, d] with H a multiple of H_kv; fp16 or bf16."""
     return TritonFlashAttention.apply(q, k, v, causal, scale)
-
-
-def transformers_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """A transformers attention function (query [B, H, N, d], key/value [B, H_kv, N, d]) -> ([B, N, H, d], None).
-
-    Causal when the module is (decoder self-attention) and there is no padding mask; a mask, dropout or a
-    query shorter than the keys (decoding with a cache) is refused: the kernel takes none of them."""
-    from labkit.attention.backends import BackendFallbackError
-
-    if attention_mask is not None:
-        raise BackendFallbackError(
-            "attention backend 'triton-fa2' got an explicit attention mask (padding, or a non-causal pattern); "
-            "the kernel takes only causal or full attention: run without padding")
-    if dropout and module.training:
-        raise BackendFallbackError(f"attention backend 'triton-fa2' has no dropout; got dropout={dropout}")
-    if query.shape[-2] != key.shape[-2]:
-        raise BackendFallbackError(
-            f"attention backend 'triton-fa2' needs as many queries as keys (prefill); got {query.shape[-2]} "
-            f"queries for {key.shape[-2]} keys (decoding with a KV cache): use use_cache=False or another backend")
-    reason = triton_unavailable_reason(query.device)
-    if reason is not None:
-        raise BackendFallbackError(f"attention backend 'triton-fa2' cannot run on {query.device}: {reason}")
-    causal = bool(getattr(module, "is_causal", True)) and query.shape[-2] > 1
-    out = triton_flash_attention(query, key, value, causal, scaling)
-    return out.transpose(1, 2).contiguous(), None

@@ -2,6 +2,7 @@
 
     python -m labkit.attention.triton_fa2_bench                 full profile on a GPU -> build/triton_fa2_<gpu>.json
     python -m labkit.attention.triton_fa2_bench --reference     ... -> data/reference/triton_fa2_<gpu>.json
+    python -m labkit.bench triton-fa2 [the same options]        the same, as a lab benchmark command
 
 1. correctness at real shapes: O, dQ, dK, dV against float32 math attention (relative error ||x - ref|| / ||ref||),
    beside the error of PyTorch's FA2 on the same inputs (the yardstick for the dtype's rounding);
@@ -141,7 +142,8 @@ def prefill_case(model, backend: str, n: int, repeat: int = 3) -> dict:
     `repeat` CUDA-event timings after one warm-up pass, and the profiler's proof of the kernel that ran."""
     import statistics
 
-    from labkit.attention import set_backend, verify_backend
+    from labkit.attention.backends import set_backend
+    from labkit.attention.verify import verify_backend
 
     row = dict(backend=backend, seq_len=n, ok=False, ms=None, error=None)
     try:
@@ -218,10 +220,11 @@ def load_committed(gpu: str = "h100") -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m labkit.attention.triton_fa2_bench", description=__doc__.split("\n")[0])
-    p.add_argument("--profile", choices=sorted(PROFILES), default="full")
-    p.add_argument("--out", default=None, help="result file (default: build/triton_fa2_<gpu>.json)")
+def add_options(p: argparse.ArgumentParser, profile_and_out: bool = True) -> None:
+    """The benchmark's options (`python -m labkit.bench triton-fa2` adds --profile and --out itself)."""
+    if profile_and_out:
+        p.add_argument("--profile", choices=sorted(PROFILES), default="full")
+        p.add_argument("--out", default=None, help="result file (default: build/triton_fa2_<gpu>.json)")
     p.add_argument("--reference", action="store_true",
                    help="write data/reference/triton_fa2_<gpu>.json (the committed reference) instead")
     p.add_argument("--seq-lens", default=None, help="comma-separated N (default: by profile)")
@@ -232,22 +235,41 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prefill", default="", help="comma-separated N for a Llama-2-7B-shape prefill sweep "
                    "(random weights; default: none)")
     p.add_argument("--prefill-layers", type=int, default=None, help="layers of that model (default: all 32)")
-    args = p.parse_args(argv)
+
+
+def normalise(args: argparse.Namespace) -> argparse.Namespace:
+    """Split the comma-separated options; refuse bad values before any work, naming the option and the fix."""
     for name in ("seq_lens", "head_dims", "prefill"):
         value = getattr(args, name)
         try:
             setattr(args, name, [int(x) for x in value.split(",") if x] if isinstance(value, str) else value)
         except ValueError:
-            p.error(f"--{name.replace('_', '-')}={value!r} must be comma-separated integers, e.g. 1024,4096")
-    bad = set(args.backends.split(",")) - set(BACKENDS)
+            raise SystemExit(f"--{name.replace('_', '-')}={value!r} must be comma-separated integers, "
+                             "e.g. 1024,4096") from None
+    backends = args.backends.split(",") if isinstance(args.backends, str) else list(args.backends)
+    bad = set(backends) - set(BACKENDS)
     if bad:
-        p.error(f"--backends has {sorted(bad)}; known: {', '.join(BACKENDS)}")
-    args.backends = args.backends.split(",")
+        raise SystemExit(f"--backends has {sorted(bad)}; known: {', '.join(BACKENDS)}")
+    args.backends = backends
+    args.profile = args.profile or "full"
     return args
 
 
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m labkit.attention.triton_fa2_bench",
+                                description=__doc__.split("\n")[0])
+    add_options(p)
+    return normalise(p.parse_args(argv))
+
+
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    """`python -m labkit.attention.triton_fa2_bench [options]`; 0 when every check passed and rows were measured."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_benchmark(parse_args(argv), "python -m labkit.attention.triton_fa2_bench " + " ".join(argv))
+
+
+def run_benchmark(args: argparse.Namespace, command: str) -> int:
+    """Run the checks, the kernel timings and the optional prefill sweep of `args`; write the result file."""
     if not torch.cuda.is_available():
         print("this benchmark times CUDA kernels and needs an NVIDIA GPU; the committed H100 figures are in "
               "data/reference/triton_fa2_h100.json", file=sys.stderr)
@@ -261,7 +283,6 @@ def main(argv=None) -> int:
     cfg["head_dims"] = args.head_dims or cfg["head_dims"]
     name = f"triton_fa2_{device_slug()}.json"
     out = Path(args.out) if args.out else Path("data/reference" if args.reference else "build") / name
-    command = "python -m labkit.attention.triton_fa2_bench " + " ".join(sys.argv[1:] if argv is None else argv)
     result = {"provenance": {**provenance(command.strip()), "triton": triton.__version__},
               "config": {**cfg, "backends": args.backends, "dtype": "bfloat16", "batch": 1, "causal": True,
                          "flops": "forward 4*B*H*N^2*d (halved when causal); backward 2.5x the forward",
