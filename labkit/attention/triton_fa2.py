@@ -16,8 +16,9 @@ delta, dp, ds, dq, dk, dv, rows, cols, block_q, block_k). What changes on a GPU:
 
 Tensors are [batch, heads, N, head_dim] with any strides (the last one 1), fp16 or bf16 (fp32 too, for tests).
 Kernels: `_attention_fwd` (forward), `_attention_bwd_delta` (delta = rowsum(dO * O)), `_attention_bwd_dkdv`
-(one program per key block, like tiled.py's backward) and `_attention_bwd_dq` (one program per query block). The autograd Function and the
-transformers backend are in `labkit.attention.triton_fa2_function`.
+(one program per key block, like tiled.py's backward) and `_attention_bwd_dq` (one program per query block).
+The autograd Function is in `labkit.attention.triton_fa2_backend`; `labkit.attention.backends` registers it with
+transformers as the backend "triton-fa2".
 """
 
 from __future__ import annotations
@@ -129,7 +130,8 @@ def _attention_fwd(Q, K, V, Out, Lse,
 
 
 @triton.jit
-def _attention_bwd_delta(Out, dOut, Delta, stride_ob, stride_oh, stride_on, stride_db, stride_dh, stride_dn, heads, n_ctx,
+def _attention_bwd_delta(Out, dOut, Delta, stride_ob, stride_oh, stride_on, stride_db, stride_dh, stride_dn,
+                         heads, n_ctx,
                HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr):
     """delta = rowsum(dO * O) (= rowsum(P * dP)): N numbers per head, read by both backward kernels."""
     q_block, bh = tl.program_id(0), tl.program_id(1)
@@ -204,12 +206,15 @@ def _attention_bwd_dkdv(Q, K, V, dOut, Lse, Delta, dK, dV,
         delta_ptr = Delta + (batch * heads + head) * n_ctx
         if CAUSAL:
             # the diagonal query blocks (masked; needs BLOCK_K % BLOCK_Q == 0), then all rows below (no mask)
-            dk, dv = _attention_bwd_dkdv_inner(dk, dv, kb, vb, q_ptrs, do_ptrs, lse_ptr, delta_ptr, stride_qn, stride_don,
+            dk, dv = _attention_bwd_dkdv_inner(dk, dv, kb, vb, q_ptrs, do_ptrs, lse_ptr, delta_ptr,
+                                               stride_qn, stride_don,
                                      cols, ks, ks + BLOCK_K, n_ctx, qk_scale, BLOCK_Q, True, EVEN_N)
-            dk, dv = _attention_bwd_dkdv_inner(dk, dv, kb, vb, q_ptrs, do_ptrs, lse_ptr, delta_ptr, stride_qn, stride_don,
+            dk, dv = _attention_bwd_dkdv_inner(dk, dv, kb, vb, q_ptrs, do_ptrs, lse_ptr, delta_ptr,
+                                               stride_qn, stride_don,
                                      cols, ks + BLOCK_K, n_ctx, n_ctx, qk_scale, BLOCK_Q, False, EVEN_N)
         else:
-            dk, dv = _attention_bwd_dkdv_inner(dk, dv, kb, vb, q_ptrs, do_ptrs, lse_ptr, delta_ptr, stride_qn, stride_don,
+            dk, dv = _attention_bwd_dkdv_inner(dk, dv, kb, vb, q_ptrs, do_ptrs, lse_ptr, delta_ptr,
+                                               stride_qn, stride_don,
                                      cols, 0, n_ctx, n_ctx, qk_scale, BLOCK_Q, False, EVEN_N)
     dk_ptrs = dK + batch * stride_dkb + kv_head * stride_dkh + cols[:, None] * stride_dkn + dims[None, :]
     dv_ptrs = dV + batch * stride_dvb + kv_head * stride_dvh + cols[:, None] * stride_dvn + dims[None, :]
@@ -223,7 +228,8 @@ def _attention_bwd_dkdv(Q, K, V, dOut, Lse, Delta, dK, dV,
 
 
 @triton.jit
-def _attention_bwd_dq_inner(dq, qb, dob, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, rows, lo, hi, n_ctx, qk_scale,
+def _attention_bwd_dq_inner(dq, qb, dob, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, rows, lo, hi, n_ctx,
+                            qk_scale,
                   BLOCK_K: tl.constexpr, MASK_DIAG: tl.constexpr, EVEN_N: tl.constexpr):
     """dQ for one query block: recompute P tile by tile and accumulate dS K."""
     for ks in range(lo, hi, BLOCK_K):
@@ -279,7 +285,8 @@ def _attention_bwd_dq(Q, K, V, dOut, Lse, Delta, dQ,
         dq = _attention_bwd_dq_inner(dq, qb, dob, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, rows, qs,
                            qs + BLOCK_Q, n_ctx, qk_scale, BLOCK_K, True, EVEN_N)
     else:
-        dq = _attention_bwd_dq_inner(dq, qb, dob, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, rows, 0, n_ctx, n_ctx,
+        dq = _attention_bwd_dq_inner(dq, qb, dob, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, rows, 0,
+                                     n_ctx, n_ctx,
                            qk_scale, BLOCK_K, False, EVEN_N)
     dq_ptrs = dQ + batch * stride_dqb + head * stride_dqh + rows[:, None] * stride_dqn + dims[None, :]
     dq = dq * scale
