@@ -18,6 +18,8 @@ EXPERIMENTS = {
                   "latency and peak memory against sequence length per backend (notebook 02)"),
     "kernels": ("labkit.experiments.kernels", "attention kernels alone, TFLOP/s per backend (notebook 02)"),
     "hybrid": ("labkit.experiments.hybrid.bench", "FA2 + selective INT8 against bf16 (notebook 03)"),
+    "triton-fa2": ("labkit.experiments.triton_fa2",
+                   "labkit's Triton FlashAttention-2: checks and TFLOP/s against fa2 and cudnn (notebook 02b)"),
 }
 
 

@@ -13,6 +13,34 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+def _import_triton_kernels_for_the_interpreter() -> None:
+    """On a machine without CUDA, import Triton and labkit's Triton kernels with Triton's CPU interpreter on.
+
+    Triton reads TRITON_INTERPRET when a kernel (its own `tl.zeros`, `tl.sum` ... included) is defined, so this
+    must happen before anything imports triton. The switch is turned off again at once: the rest of the suite and
+    the notebooks see a plain CPU machine, where the GPU-only backends say why they cannot run; the tests of
+    the kernels switch it on for themselves (tests/test_triton_fa2.py).
+    """
+    import importlib.util
+    import sys
+
+    import torch
+
+    if ("triton" in sys.modules or "TRITON_INTERPRET" in os.environ or torch.cuda.is_available()
+            or importlib.util.find_spec("triton") is None):
+        return
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import triton  # noqa: F401
+
+        import labkit.attention.triton_fa2  # noqa: F401
+    finally:
+        del os.environ["TRITON_INTERPRET"]
+
+
+_import_triton_kernels_for_the_interpreter()
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -98,6 +98,7 @@ def test_subprocess_failure_is_a_point(monkeypatch):
 def test_attention_command_quick_writes_a_result_file(tmp_path, monkeypatch):
     """The CLI's code path on a CPU, kept tiny: every row has the contract's fields."""
     from labkit.cli import main
+    from labkit.experiments.attention import SWEEP_ORDER
 
     monkeypatch.setattr(sweep_mod, "run_point_subprocess",
                         lambda spec, b, n, bs=1, **kw: measure_prefill(spec.build("cpu", b), n, None, bs, 1, 1))
@@ -107,11 +108,11 @@ def test_attention_command_quick_writes_a_result_file(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep_mod, "append_jsonl", lambda path, row: (real_append(path, row),
                                                                       seen.append(len(read_jsonl(path)))))
     main(["attention", "--profile", "quick", "--out", str(out), "--seq-lens", "16,32", "--no-kernels"])
-    assert seen == list(range(1, 11))  # 5 backends x 2 lengths, on disk one by one
+    assert seen == list(range(1, 2 * len(SWEEP_ORDER) + 1))  # every backend x 2 lengths, on disk one by one
     data = json.loads(out.read_text())
     assert data["status"] == "complete" and data["provenance"]["versions"]["torch"]
     assert {"backend", "seq_len", "latency_ms", "peak_gib", "oom"} <= set(data["rows"][0])
-    assert {r["backend"] for r in data["rows"]} >= {"eager", "sdpa", "fa2", "cudnn", "flash-attn"}
+    assert {r["backend"] for r in data["rows"]} >= {"eager", "sdpa", "fa2", "triton-fa2", "cudnn", "flash-attn"}
     assert data["memory_model"]["curves"]["seq_len"][0] == 16
     assert not out.with_suffix(".jsonl").exists()  # complete: the JSON holds every row
 

@@ -66,6 +66,9 @@ BACKENDS: dict[str, Backend] = {
                 needs_package="flash_attn"),
         Backend("cudnn", "SDPA forced to PyTorch's CUDNN_ATTENTION backend (cuDNN fused attention)",
                 "labkit_cudnn", ("CUDNN_ATTENTION",), needs_cuda=True, min_capability=(9, 0), half_only=True),
+        Backend("triton-fa2", "labkit's own FlashAttention-2 kernels written in Triton "
+                "(labkit.attention.triton_fa2, to read beside tiled.py)", "labkit_triton_fa2", needs_cuda=True,
+                min_capability=(8, 0), half_only=True, needs_package="triton"),
         Backend("math", "SDPA forced to PyTorch's MATH backend: the reference composite, materialises N x N "
                 "like eager (runs everywhere; used to test the forcing mechanism on a CPU)", "labkit_math",
                 ("MATH",), in_sweep=False),
@@ -94,6 +97,15 @@ def unavailable_reason(name: str, device: torch.device | str | None = None,
     if device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
+    if name == "triton-fa2":  # a GPU, or Triton's CPU interpreter in tests (any dtype there)
+        from labkit.attention.triton_fa2_backend import interpreter_enabled, triton_unavailable_reason
+
+        reason = triton_unavailable_reason(device)
+        if reason is None and device.type == "cuda" and dtype is not None and dtype not in HALF_DTYPES:
+            reason = f"runs in float16 or bfloat16 only; the model is {dtype} (build it with dtype=torch.bfloat16)"
+        if reason is None and device.type == "cpu" and not interpreter_enabled():
+            reason = "needs an NVIDIA GPU (CUDA)"
+        return reason
     if backend.needs_package and importlib.util.find_spec(backend.needs_package) is None:
         return (f"the {backend.needs_package.replace('_', '-')} package is not installed "
                 f"(`pip install flash-attn --no-build-isolation` on a CUDA machine)")
@@ -180,16 +192,44 @@ def _forced_sdpa_function(backend: Backend):
     return attention
 
 
+def _triton_fa2_function(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """A transformers attention function (query [B, H, N, d], key/value [B, H_kv, N, d]) -> ([B, N, H, d], None).
+
+    Causal when the module is (decoder self-attention) and there is no padding mask; a mask, dropout or a
+    query shorter than the keys (decoding with a cache) is refused: the kernel takes none of them."""
+    from labkit.attention.triton_fa2_backend import triton_flash_attention, triton_unavailable_reason
+
+    if attention_mask is not None:
+        raise BackendFallbackError(
+            "attention backend 'triton-fa2' got an explicit attention mask (padding, or a non-causal pattern); "
+            "the kernel takes only causal or full attention: run without padding")
+    if dropout and module.training:
+        raise BackendFallbackError(f"attention backend 'triton-fa2' has no dropout; got dropout={dropout}")
+    if query.shape[-2] != key.shape[-2]:
+        raise BackendFallbackError(
+            f"attention backend 'triton-fa2' needs as many queries as keys (prefill); got {query.shape[-2]} "
+            f"queries for {key.shape[-2]} keys (decoding with a KV cache): use use_cache=False or another backend")
+    reason = triton_unavailable_reason(query.device)
+    if reason is not None:
+        raise BackendFallbackError(f"attention backend 'triton-fa2' cannot run on {query.device}: {reason}")
+    causal = bool(getattr(module, "is_causal", True)) and query.shape[-2] > 1
+    out = triton_flash_attention(query, key, value, causal, scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
 def register_backends() -> None:
-    """Register labkit's forced SDPA backends with transformers (idempotent)."""
+    """Register labkit's forced SDPA backends and its Triton FlashAttention-2 with transformers (idempotent)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
     for backend in BACKENDS.values():
-        if backend.sdpa_backends is None:
+        if backend.sdpa_backends is not None:
+            AttentionInterface.register(backend.hf_name, _forced_sdpa_function(backend))
+        elif backend.name == "triton-fa2":
+            AttentionInterface.register(backend.hf_name, _triton_fa2_function)
+        else:
             continue
-        AttentionInterface.register(backend.hf_name, _forced_sdpa_function(backend))
-        # Same mask as `sdpa`: None when there is no padding, so SDPA receives is_causal=True and no mask.
+        # Same mask as `sdpa`: None when there is no padding, so the kernel runs causal with no mask.
         AttentionMaskInterface.register(backend.hf_name, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
 
 

@@ -23,7 +23,7 @@ from labkit.measure.timing import time_callable
 # kernel-level backends: the model-level names, plus SDPA's memory-efficient kernel for reference
 SDPA_FORCED = {"fa2": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
                "math": "MATH"}
-KERNEL_BACKENDS = ("eager", "sdpa", "fa2", "flash-attn", "cudnn", "efficient", "math")
+KERNEL_BACKENDS = ("eager", "sdpa", "fa2", "triton-fa2", "flash-attn", "cudnn", "efficient", "math")
 
 PLAIN_SCRIPT = '''
 import statistics, sys
@@ -99,6 +99,10 @@ def kernel_callable(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
 
         qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))  # flash-attn wants [B, N, H, D]
         return lambda: flash_attn_func(qt, kt, vt, causal=causal)
+    if backend == "triton-fa2":  # labkit's own Triton kernels (labkit.attention.triton_fa2)
+        from labkit.attention.triton_fa2_backend import triton_flash_attention
+
+        return lambda: triton_flash_attention(q, k, v, causal)
     if backend == "sdpa" or not force:
         return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
@@ -217,7 +221,7 @@ def kernel_benchmark(profile: str, device: torch.device | str | None = None, bac
     cfg = dict(KERNEL_PROFILES[profile])
     check = cfg.pop("check_seq_lens")
     seq_lens = cfg.pop("seq_lens")
-    backends = backends or ["fa2", "sdpa", "cudnn", "flash-attn", "efficient", "eager"]
+    backends = backends or ["fa2", "triton-fa2", "sdpa", "cudnn", "flash-attn", "efficient", "eager"]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     rows = kernel_sweep(backends, seq_lens, dtype=dtype, device=device, progress=progress, causal=True, **cfg)
     plain = harness_check(check, **cfg) if device.type == "cuda" else [

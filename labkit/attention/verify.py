@@ -31,7 +31,10 @@ EXPECTED = {
     "cudnn": {"cudnn"},
     "math": {"math"},
     "flash-attn": {"flash-attn"},
+    "triton-fa2": {"triton-fa2"},
 }
+# labkit's Triton kernels mark their launches with this profiler range (labkit.attention.triton_fa2)
+TRITON_FA2_OP = "labkit::triton_fa2_forward"
 _KERNEL_PATTERN = re.compile(r"flash|fmha|cudnn|sdpa|attention|softmax", re.IGNORECASE)
 
 
@@ -59,6 +62,8 @@ class BackendEvidence:
 
 def _families(op_counts: Counter, kernels: list[str]) -> dict[str, int]:
     fam: Counter = Counter()
+    if op_counts.get(TRITON_FA2_OP):
+        fam["triton-fa2"] = op_counts[TRITON_FA2_OP]
     for op, family in SDPA_OPS.items():
         if op_counts.get(op):
             fam[family] += op_counts[op]
@@ -140,7 +145,8 @@ def verify_backend(model: torch.nn.Module, name: str | None = None, inputs: dict
     ok = bool(families) and set(families) <= expected
     evidence = BackendEvidence(
         backend=name, families=families,
-        ops={k: v for k, v in ops.items() if k in SDPA_OPS or k in SOFTMAX_OPS or "flash_attn" in k},
+        ops={k: v for k, v in ops.items()
+             if k in SDPA_OPS or k in SOFTMAX_OPS or "flash_attn" in k or k == TRITON_FA2_OP},
         cuda_kernels=kernels, ok=ok,
     )
     if strict and not ok:

@@ -24,7 +24,8 @@ from labkit.env import get_profile, provenance
 from labkit.measure.memory import device_memory_gib, release_memory
 from labkit.results.files import command_line, default_out, device_slug, write_json
 
-SWEEP_ORDER = ("fa2", "sdpa", "cudnn", "flash-attn", "eager")  # the fast ones first, eager (which OOMs) last
+# the fast ones first, eager (which OOMs) last
+SWEEP_ORDER = ("fa2", "triton-fa2", "sdpa", "cudnn", "flash-attn", "eager")
 
 PROFILES = {
     "full": dict(model="llama-2-7b", seq_lens=[512, 1024, 2048, 4096, 8192, 16384, 32768], batch_size=1,
