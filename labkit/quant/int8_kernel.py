@@ -79,7 +79,8 @@ if triton is not None:
         w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :]
 
         # 3. Walk along K: this program takes K-tiles pid_k, pid_k + SPLIT_K, pid_k + 2 * SPLIT_K, ...
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)    # the output tile, fp32
+        acc_1 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)  # one-token path: per-lane partial sums
         for k0 in range(pid_k * BLOCK_K, K, BLOCK_K * SPLIT_K):
             mask_k = (k0 + offs_k) < K
             x = tl.load(x_ptrs + k0, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
@@ -87,8 +88,9 @@ if triton is not None:
             # 4. Dequantize in registers: int8 -> fp32 is exact; the scale waits until the end.
             w = w.to(tl.float32)
             if BLOCK_M == 1:
-                # one token: a dot product per channel, no tensor cores needed (memory-bound anyway)
-                acc += tl.sum(x.to(tl.float32) * w, axis=1)[None, :]
+                # one token: multiply-add lane by lane, no tensor cores needed (memory-bound anyway); the sum
+                # across K (a shuffle between threads) waits until after the loop
+                acc_1 += w * x.to(tl.float32)
             elif DOT_FP32:
                 # the CPU interpreter computes bf16 tl.dot wrongly, so there the tile product runs in fp32
                 # (same result: bf16 x int8 products are exact in fp32)
@@ -97,6 +99,8 @@ if triton is not None:
                 # several tokens: the tensor cores multiply [BLOCK_M, BLOCK_K] by [BLOCK_K, BLOCK_N] in bf16
                 # (int8 -> bf16 is exact too: every int8 value is a bf16 number)
                 acc += tl.dot(x, tl.trans(w.to(x.dtype)))
+        if BLOCK_M == 1:
+            acc = tl.sum(acc_1, axis=1)[None, :]
 
         # 5. One multiply per output channel: the per-channel scale (fp32).
         scale = tl.load(scale_ptr + offs_n, mask=mask_n, other=0.0)
@@ -123,16 +127,22 @@ class KernelConfig:
     num_stages: int = 3
 
 
-def pick_config(m: int, n: int, k: int) -> KernelConfig:
-    """A launch configuration for an [m, k] x [k, n] product, m <= SMALL_M (tuned on an H100, see fast8bit).
+TUNED: dict[tuple[int, int, int], KernelConfig] = {}
+"""(m bucket 1 or 16, n, k) -> the configuration measured fastest on an H100 (see `labkit.experiments.fast8bit`,
+part "kernel"); shapes not listed use the rule in `pick_config`."""
 
-    One token: the dot-product path with wide K tiles (each thread loads 16 contiguous int8 codes). Several
+
+def pick_config(m: int, n: int, k: int) -> KernelConfig:
+    """A launch configuration for an [m, k] x [k, n] product, m <= SMALL_M.
+
+    One token: the lane-by-lane path with wide K tiles (each thread loads 16 contiguous int8 codes). Several
     tokens: tensor cores with BLOCK_M = 16. Split-K when N alone would give fewer than ~2 programs per SM."""
+    bucket = 1 if m == 1 else 16
+    if (bucket, n, k) in TUNED:
+        return TUNED[(bucket, n, k)]
     if m == 1:
-        split = 1 if n >= 8192 else 4
-        return KernelConfig(1, 16, 512, split, num_warps=4, num_stages=4)
-    split = 1 if n >= 8192 else 2
-    return KernelConfig(16, 64, 128, split, num_warps=4, num_stages=4)
+        return KernelConfig(1, 16, 512, 1 if n >= 8192 else 2, num_warps=4, num_stages=4)
+    return KernelConfig(16, 64, 128, 1 if n >= 8192 else 2, num_warps=4, num_stages=4)
 
 
 def int8_weight_only_mm(x: torch.Tensor, w_int8: torch.Tensor, scale: torch.Tensor,
@@ -197,6 +207,7 @@ def weight_only_bytes(m: int, n: int, k: int, x_bytes: int = 2) -> int:
 __all__ = [
     "SMALL_M",
     "KernelConfig",
+    "TUNED",
     "int8_weight_only_mm",
     "pick_config",
     "quantize_per_channel",
