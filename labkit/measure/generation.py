@@ -32,12 +32,36 @@ def quantiles(values: list[float], unit: str = "ms") -> dict:
 
 
 def _sync() -> None:
-    torch.cuda.synchronize()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class _Stopwatch:
+    """CUDA events on a GPU, a synchronised perf_counter on a CPU (seconds)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def __enter__(self):
+        if self.cuda:
+            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.start.record()
+        else:
+            self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            self.end.record()
+            self.end.synchronize()
+            self.seconds = self.start.elapsed_time(self.end) / 1e3
+        else:
+            self.seconds = time.perf_counter() - self.t0
 
 
 def time_cuda(fn: Callable[[], object], *, warmup: int = 3, repeat: int = 30, budget_s: float = 3.0,
               min_repeat: int = 3) -> dict:
-    """Latency of `fn()` with CUDA events, one event pair per call. After `warmup` calls, the repeat count is
+    """Latency of `fn()` with CUDA events, one event pair per call (a CPU clock where there is no GPU). After `warmup` calls, the repeat count is
     cut so the timed calls take about `budget_s` (never fewer than `min_repeat`): slow variants stay affordable."""
     with torch.inference_mode():
         t0 = time.perf_counter()
@@ -47,13 +71,11 @@ def time_cuda(fn: Callable[[], object], *, warmup: int = 3, repeat: int = 30, bu
         per_call = (time.perf_counter() - t0) / max(warmup, 1)
         n = max(min_repeat, min(repeat, int(budget_s / max(per_call, 1e-6))))
         times = []
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         for _ in range(n):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
+            with _Stopwatch(device) as watch:
+                fn()
+            times.append(watch.seconds * 1e3)
     return quantiles(times)
 
 
@@ -141,7 +163,8 @@ def compiled_prefill(model: torch.nn.Module, seq_len: int, *, compiled: bool, bu
 
 def static_cache_decode(model: torch.nn.Module, prompt_len: int = 128, new_tokens: int = 136, *,
                         compiled: bool = True, repeat: int = 5, seed: int = 0,
-                        compile_mode: str = "reduce-overhead", profile_step: bool = False) -> dict:
+                        compile_mode: str = "reduce-overhead", fullgraph: bool = True,
+                        profile_step: bool = False) -> dict:
     """Greedy decoding after a `prompt_len` random prompt, with transformers' StaticCache (fixed-size KV
     tensors, so every decode step has the same shapes and can be compiled and captured in a CUDA graph).
 
@@ -167,20 +190,17 @@ def static_cache_decode(model: torch.nn.Module, prompt_len: int = 128, new_token
                     use_cache=True)
         return out.logits[:, -1].argmax(-1, keepdim=True)
 
-    run_step = torch.compile(step, mode=compile_mode, fullgraph=True) if compiled else step
+    run_step = torch.compile(step, mode=compile_mode, fullgraph=fullgraph) if compiled else step
 
     def decode_run() -> tuple[float, torch.Tensor]:
         tok = prefill()
         _sync()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
         out = []
-        for i in range(new_tokens - 1):  # the prefill produced the first new token
-            tok = run_step(tok, positions[prompt_len + i:prompt_len + i + 1]).clone()
-            out.append(tok)
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3, torch.cat(out, dim=1)
+        with _Stopwatch(device) as watch:
+            for i in range(new_tokens - 1):  # the prefill produced the first new token
+                tok = run_step(tok, positions[prompt_len + i:prompt_len + i + 1]).clone()
+                out.append(tok)
+        return watch.seconds, torch.cat(out, dim=1)
 
     with torch.inference_mode():
         t0 = time.perf_counter()
@@ -194,7 +214,7 @@ def static_cache_decode(model: torch.nn.Module, prompt_len: int = 128, new_token
     rates = [steps / s for s in seconds]
     q = quantiles(rates, unit="tok_s")
     result = {"prompt_len": prompt_len, "new_tokens": new_tokens, "timed_steps": steps, "compiled": compiled,
-              "compile_mode": compile_mode if compiled else None, **q,
+              "compile_mode": compile_mode if compiled else None, "fullgraph": fullgraph if compiled else None, **q,
               "ms_per_token_p50": 1e3 / q["p50_tok_s"], "first_run_s": first,
               "same_tokens_every_run": bool(torch.equal(first_tokens, tokens))}
     if compiled:

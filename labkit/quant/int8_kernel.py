@@ -50,7 +50,7 @@ def triton_available() -> tuple[bool, str]:
         return True, "Triton interpreter (TRITON_INTERPRET=1): runs on the CPU, slowly"
     if not torch.cuda.is_available():
         return False, "no CUDA GPU; set TRITON_INTERPRET=1 before importing triton to run the kernel on the CPU"
-    return True, f"CUDA: {torch.cuda.get_device_name()}"
+    return True, "CUDA GPU"
 
 
 if triton is not None:
