@@ -37,6 +37,7 @@ FEED_FORWARD = r"\.mlp\.(gate|up|down)_proj$"   # the hybrid's default selection
 ALL_LINEAR = r"\.layers\.\d+\."                   # every Linear inside the decoder blocks (head stays bf16)
 BLOCK_VARIANTS = ("bf16", "torchao-int8-wo", "torchao-w8a8", "labkit-int8", "fp8-rowwise")
 PREFILL_VARIANTS = ("bf16", "fp8-ff", "w8a8-ff", "fp8-all", "labkit-int8-ff")
+DEFAULT_PREFILL = ("bf16", "fp8-ff", "w8a8-ff", "fp8-all")
 DECODE_VARIANTS = ("bf16", "labkit-int8-ff")
 FF_SHAPES = ((11008, 4096), (4096, 11008))        # (N, K): gate/up, down of Llama-2-7B
 INT8_FAMILIES = {"labkit-int8", "int8-gemm"}
@@ -54,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decode-variants", default=",".join(DECODE_VARIANTS),
                         help="comma-separated: bf16, labkit-int8-ff, torchao-int8-wo-ff")
     parser.add_argument("--prefill-len", type=int, default=8192)
-    parser.add_argument("--prefill-variants", default=",".join(PREFILL_VARIANTS))
+    parser.add_argument("--prefill-variants", default=",".join(DEFAULT_PREFILL),
+                        help=f"comma-separated subset of {','.join(PREFILL_VARIANTS)}")
     parser.add_argument("--no-eager", action="store_true", help="decode/prefill: compiled only")
     parser.add_argument("--no-sweep", action="store_true", help="kernel: skip the launch-configuration sweep")
     parser.add_argument("--reference", action="store_true",

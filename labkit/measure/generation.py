@@ -270,7 +270,7 @@ def cuda_kernels(fn: Callable[[], object], warmup: int = 1) -> list[dict]:
             family = classify_kernel(name)
         row = rows.setdefault(name, {"name": name[:160], "family": family, "calls": 0, "ms": 0.0})
         row["calls"] += 1
-        row["ms"] += getattr(ev, "device_time", getattr(ev, "cuda_time", 0.0)) / 1e3
+        row["ms"] += (ev.device_time if hasattr(ev, "device_time") else ev.cuda_time) / 1e3
     return sorted(rows.values(), key=lambda r: -r["ms"])
 
 
