@@ -20,12 +20,13 @@ How it works (read `_int8_weight_only_kernel` alongside):
     partial sums are added into an fp32 output with atomic adds and cast to bf16 afterwards.
   * The per-channel scale is applied once, to the fp32 accumulator, at the very end (it does not depend on k).
 
-The kernel runs on NVIDIA GPUs, and on a CPU through Triton's interpreter (`TRITON_INTERPRET=1`, slow, for tests
-and the notebook). `int8_weight_only_mm` is the entry point; `labkit.quant.int8_linear` wraps it in a Linear.
+The kernel runs on NVIDIA GPUs, and on CPU tensors through Triton's interpreter (`TRITON_INTERPRET=1` set before
+triton is imported; slow, for tests and the notebook). `int8_weight_only_mm` is the entry point; `labkit.quant.int8_linear` wraps it in a Linear.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -42,14 +43,24 @@ SMALL_M = 16
 """Up to this many rows (tokens) the kernel runs; above it a matmul library is faster (compute-bound)."""
 
 
-def triton_available() -> tuple[bool, str]:
-    """(usable, reason): Triton imported and there is a CUDA GPU, or the interpreter is switched on."""
+def interpreted() -> bool:
+    """True when the kernel was defined under Triton's interpreter (TRITON_INTERPRET=1 at import time)."""
+    return triton is not None and type(_int8_weight_only_kernel).__name__ == "InterpretedFunction"
+
+
+def triton_available(device: torch.device | str = "cuda") -> tuple[bool, str]:
+    """(usable, reason) for tensors on `device`: a CUDA GPU compiles the kernel; CPU tensors run it through
+    Triton's interpreter (numpy, one program at a time: for tests and lessons, far too slow for models), which
+    must be switched on with TRITON_INTERPRET=1 before triton is first imported."""
     if triton is None:
         return False, "the triton package is not installed (pip install triton)"
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return True, "Triton interpreter (TRITON_INTERPRET=1): runs on the CPU, slowly"
+    if torch.device(device).type == "cpu":
+        if not interpreted():
+            return False, ("CPU tensors need Triton's interpreter: set os.environ['TRITON_INTERPRET'] = '1' before "
+                           "triton is first imported (restart the kernel/process if it already was)")
+        return True, "CPU tensors: Triton's interpreter"
     if not torch.cuda.is_available():
-        return False, "no CUDA GPU; set TRITON_INTERPRET=1 before importing triton to run the kernel on the CPU"
+        return False, "no CUDA GPU"
     return True, "CUDA GPU"
 
 
@@ -156,7 +167,7 @@ def int8_weight_only_mm(x: torch.Tensor, w_int8: torch.Tensor, scale: torch.Tens
 
     Launches the Triton kernel directly (no torch.compile wrapping; see `labkit.quant.int8_linear` for the op
     that torch.compile and CUDA graphs can see through)."""
-    ok, why = triton_available()
+    ok, why = triton_available(x.device)
     if not ok:
         raise RuntimeError(f"labkit's INT8 Triton kernel cannot run here: {why}")
     if w_int8.dtype != torch.int8 or w_int8.ndim != 2:
@@ -179,13 +190,28 @@ def int8_weight_only_mm(x: torch.Tensor, w_int8: torch.Tensor, scale: torch.Tens
     else:
         out = torch.empty((m, n), device=x.device, dtype=x.dtype)
     grid = (triton.cdiv(n, cfg.block_n), cfg.split_k, triton.cdiv(m, cfg.block_m))
-    _int8_weight_only_kernel[grid](
-        x2, w, s, out, m, n, k, x2.stride(0), w.stride(0), out.stride(0),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
-        DOT_FP32=os.environ.get("TRITON_INTERPRET") == "1" or x2.dtype == torch.float32,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    on_cpu = x.device.type == "cpu"
+    with _interpreter_switched_on(on_cpu):
+        _int8_weight_only_kernel[grid](
+            x2, w, s, out, m, n, k, x2.stride(0), w.stride(0), out.stride(0),
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
+            DOT_FP32=on_cpu or x2.dtype == torch.float32,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
     return out.to(x.dtype).reshape(*lead, n)
+
+
+@contextlib.contextmanager
+def _interpreter_switched_on(on: bool):
+    """Triton's interpreter also reads TRITON_INTERPRET while launching (lazy imports): hold it on for CPU calls."""
+    if not on or os.environ.get("TRITON_INTERPRET") == "1":
+        yield
+        return
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        yield
+    finally:
+        del os.environ["TRITON_INTERPRET"]
 
 
 def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,6 +240,7 @@ __all__ = [
     "KernelConfig",
     "TUNED",
     "int8_weight_only_mm",
+    "interpreted",
     "pick_config",
     "quantize_per_channel",
     "reference_mm",

@@ -25,14 +25,8 @@ OP_NAME = "labkit::int8_weight_only_linear"
 
 
 def _kernel_usable(x: torch.Tensor) -> bool:
-    ok, _ = triton_available()
-    return ok and (x.is_cuda or x.device.type == "cpu" and _interpreting())
-
-
-def _interpreting() -> bool:
-    import os
-
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    """The kernel on a GPU; on a CPU only when TRITON_INTERPRET=1 asks for the (slow) interpreter explicitly."""
+    return triton_available(x.device)[0]
 
 
 @torch.library.custom_op(OP_NAME, mutates_args=())
