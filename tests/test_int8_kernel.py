@@ -157,19 +157,29 @@ def test_custom_op_compiles_without_graph_break_and_has_a_backward():
 def test_classify_kernel_names():
     from labkit.measure.generation import classify_kernel
 
-    assert classify_kernel("_int8_weight_only_kernel") == "labkit-int8"
-    assert classify_kernel("sm90_xmma_gemm_s8s8_s32_tn") == "int8-gemm"
-    assert classify_kernel("triton_tem_fused__int_mm_0") == "int8-gemm"
-    assert classify_kernel("cutlass3x_sm90_tensorop_gemm_e4m3_e4m3_f32") == "fp8-gemm"
-    assert classify_kernel("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn") == "bf16-gemm"
-    assert classify_kernel("flash_fwd_kernel") == "attention"
-    assert classify_kernel("triton_poi_fused_mul_silu_0") == "other"
+    names = {  # names seen on the H100 (torch 2.11, cuBLAS 13), by the family they must land in
+        "_int8_weight_only_kernel": "labkit-int8",
+        "void cutlass::Kernel2<cutlass_80_tensorop_i16832gemm_s8_128x64_128x3_tn_align16>(...)": "int8-gemm",
+        "at::native::weight_int8pack_mm_kernel(float const*, signed char const*, float const*, float*, int)": "int8-gemm",
+        "triton_red_fused__to_copy_mm_mul_silu_t_view_1": "int8-fused",
+        "nvjet_sm90_qqtst_128x128_128x6_4x1_v_bz_ovscale_TNT": "fp8-gemm",
+        "nvjet_sm90_tst_128x8_64x12_4x1_v_bz_TNT": "float-gemm",
+        "void cutlass::Kernel2<cutlass_80_simt_sgemm_128x32_8x5_nn_align1>(...)": "float-gemm",
+        "triton_red_fused_mm_t_0": "float-gemm",
+        "flash_fwd_kernel": "attention",
+        "triton_poi_fused_int8_weight_only_linear_mul_silu_0": "other",
+        "triton_red_fused__scaled_mm__to_copy_abs_amax_clamp_div_t_0": "other",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::float8_copy_kernel_cuda(...)>": "other",
+        "void cublasLt::splitKreduce_kernel<32, 16, int, float, __nv_bfloat16>": "other",
+    }
+    for name, family in names.items():
+        assert classify_kernel(name) == family, name
 
 
 def test_kernel_check_fails_an_int8_variant_that_ran_only_float_matmuls():
     from labkit.experiments.fast8bit import kernel_check
 
-    float_only = [{"name": "sm90_xmma_gemm_bf16bf16", "family": "bf16-gemm", "calls": 3, "ms": 0.1}]
+    float_only = [{"name": "nvjet_sm90_tst_128x8", "family": "float-gemm", "calls": 3, "ms": 0.1}]
     assert kernel_check("torchao-w8a8", 1, float_only)["kernel_ok"] is False
     assert kernel_check("labkit-int8", 1, float_only)["kernel_ok"] is False
     assert kernel_check("labkit-int8", 128, float_only)["kernel_ok"] is True  # by design above 16 tokens
@@ -177,6 +187,9 @@ def test_kernel_check_fails_an_int8_variant_that_ran_only_float_matmuls():
     lab = [{"name": "_int8_weight_only_kernel", "family": "labkit-int8", "calls": 3, "ms": 0.05}]
     assert kernel_check("labkit-int8", 1, lab)["kernel_ok"] is True
     assert kernel_check("fp8-ff", 8192, float_only)["kernel_ok"] is False
+    fused = [{"name": "triton_red_fused__to_copy_mm_0", "family": "int8-fused", "calls": 1, "ms": 0.05}]
+    assert kernel_check("torchao-int8-wo", 1, fused)["kernel_ok"] is True   # compiled: INT8 read inside the matmul
+    assert kernel_check("torchao-w8a8", 1, fused)["kernel_ok"] is False     # w8a8 needs an integer matmul
 
 
 def test_static_cache_decode_and_prefill_measure_a_tiny_llama():

@@ -40,7 +40,8 @@ PREFILL_VARIANTS = ("bf16", "fp8-ff", "w8a8-ff", "fp8-all", "labkit-int8-ff")
 DEFAULT_PREFILL = ("bf16", "fp8-ff", "w8a8-ff", "fp8-all")
 DECODE_VARIANTS = ("bf16", "labkit-int8-ff")
 FF_SHAPES = ((11008, 4096), (4096, 11008))        # (N, K): gate/up, down of Llama-2-7B
-INT8_FAMILIES = {"labkit-int8", "int8-gemm"}
+INT8_FAMILIES = {"labkit-int8", "int8-gemm"}           # w8a8: an integer matmul must run
+WEIGHT_INT8_FAMILIES = {"labkit-int8", "int8-gemm", "int8-fused"}  # weight-only: the matmul must read INT8
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -256,7 +257,9 @@ def _expected_families(variant: str, m: int) -> set[str] | None:
     """Kernel families a variant must show in its matmuls; None: no requirement (bf16)."""
     if variant.startswith("labkit-int8"):
         return {"labkit-int8"} if m <= 16 else None   # above 16 tokens: dequantize + cuBLAS by design
-    if variant.startswith(("torchao-int8-wo", "torchao-w8a8", "w8a8")):
+    if variant.startswith("torchao-int8-wo"):
+        return WEIGHT_INT8_FAMILIES
+    if variant.startswith(("torchao-w8a8", "w8a8")):
         return INT8_FAMILIES
     if variant.startswith("fp8"):
         return {"fp8-gemm"}
@@ -269,7 +272,7 @@ def kernel_check(variant: str, m: int, kernels: list[dict]) -> dict:
 
     fams = kernel_families(kernels)
     want = _expected_families(variant, m)
-    matmul_fams = sorted(f for f in fams if f.endswith(("gemm", "int8")))
+    matmul_fams = sorted(f for f in fams if f.endswith("gemm") or f in ("labkit-int8", "int8-fused"))
     if want is None:
         return {"kernel_ok": True, "matmul_families": matmul_fams,
                 "kernel_note": "no 8-bit kernel required (bf16, or labkit above 16 tokens: dequantize + cuBLAS)"}

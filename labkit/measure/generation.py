@@ -9,7 +9,7 @@ generation and (for mode="reduce-overhead") CUDA-graph recording; steady state i
     compiled_prefill(model, n)         one forward of n tokens, eager or torch.compile'd, compile time apart
     static_cache_decode(model, ...)    greedy decode with transformers' StaticCache, eager or compiled
     cuda_kernels(fn)                   names and times of the CUDA kernels fn() launched (torch.profiler)
-    classify_kernel(name)              "labkit-int8" / "int8-gemm" / "fp8-gemm" / "bf16-gemm" / "attention" / "other"
+    classify_kernel(name)              "labkit-int8" / "int8-gemm" / "int8-fused" / "fp8-gemm" / "float-gemm" / ...
 """
 
 from __future__ import annotations
@@ -230,17 +230,37 @@ def static_cache_decode(model: torch.nn.Module, prompt_len: int = 128, new_token
 # kernel truth: which CUDA kernels really ran
 
 
+_HELPERS = re.compile(r"elementwise_kernel|reduce_kernel|copy_kernel|multi_tensor_apply|CatArray|splitKreduce|"
+                      r"index_|scatter|gather|fill_kernel|arange", re.I)
 _KERNEL_CLASSES = (
-    ("labkit-int8", re.compile(r"_int8_weight_only_kernel")),
-    ("attention", re.compile(r"flash|fmha|attention|sdpa|cudnn.*(attn|mha)", re.I)),
-    ("fp8-gemm", re.compile(r"e4m3|e5m2|f8f8|fp8|float8|qgmma|scaled_mm", re.I)),
-    ("int8-gemm", re.compile(r"s8s8|i8i8|imma|int8|_int_mm|igemm|s8_|_s8|i8_", re.I)),
-    ("bf16-gemm", re.compile(r"gemm|gemv|cutlass|xmma|hgmma|cublas|sm90_|sm80_|ampere_|mm_|_mm", re.I)),
+    ("fp8-gemm", re.compile(r"nvjet_sm\d+_qq|e4m3.*gemm|gemm.*e4m3|f8f8|qgmma|fp8.*gemm|gemm.*fp8", re.I)),
+    ("int8-gemm", re.compile(r"i8i8|s8s8|imma|gemm_s8|int8pack_mm|_int_mm|igemm|int8.*gemm|gemm.*int8", re.I)),
+    ("float-gemm", re.compile(r"gemm|gemv|nvjet|cutlass|xmma|hgmma|cublas|sgemm", re.I)),
 )
 
 
 def classify_kernel(name: str) -> str:
-    """The family of a CUDA kernel by its name (first match wins; the labkit kernel is named exactly)."""
+    """The family of a CUDA kernel, by its name:
+
+    labkit-int8  labkit's INT8 weight-only kernel
+    attention    flash / fused attention kernels
+    fp8-gemm     FP8 matrix kernels (cuBLAS "nvjet ... qq", CUTLASS e4m3)
+    int8-gemm    integer matrix kernels (CUTLASS s8 tensor-op, torch's int8 weight kernel)
+    int8-fused   a matmul torch.compile generated with the INT8 -> float conversion of its weight fused in
+    float-gemm   bf16/fp32 matrix kernels (cuBLAS, CUTLASS, Triton templates)
+    other        element-wise, reductions, copies, quantization of activations
+    """
+    if "_int8_weight_only_kernel" in name:
+        return "labkit-int8"
+    if re.search(r"flash|fmha|attention|sdpa|cudnn.*(attn|mha)", name, re.I):
+        return "attention"
+    if name.startswith("triton_"):  # kernels torch.compile generated: a matmul only when "mm" is its own op
+        is_mm = re.search(r"(^|_)mm(_|$)", name.split("fused_", 1)[-1]) and "scaled_mm" not in name
+        if is_mm and name.startswith(("triton_red_", "triton_tem_")):
+            return "int8-fused" if "_to_copy" in name else "float-gemm"
+        return "other"
+    if _HELPERS.search(name):
+        return "other"
     for family, pattern in _KERNEL_CLASSES:
         if pattern.search(name):
             return family
