@@ -95,7 +95,8 @@ if triton is not None:
         for k0 in range(pid_k * BLOCK_K, K, BLOCK_K * SPLIT_K):
             mask_k = (k0 + offs_k) < K
             x = tl.load(x_ptrs + k0, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-            w = tl.load(w_ptrs + k0, mask=mask_n[:, None] & mask_k[None, :], other=0)
+            # every weight byte is used once: evict_first tells the L2 cache not to keep it (x stays cached)
+            w = tl.load(w_ptrs + k0, mask=mask_n[:, None] & mask_k[None, :], other=0, eviction_policy="evict_first")
             # 4. Dequantize in registers: int8 -> fp32 is exact; the scale waits until the end.
             w = w.to(tl.float32)
             if BLOCK_M == 1:
