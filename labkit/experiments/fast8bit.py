@@ -435,15 +435,15 @@ def prefill_part(record, args, variants) -> None:
 
 
 def _p50(rows, **match):
-    for r in rows:
-        if r.get("ok") and all(r.get(k) == v for k, v in match.items()):
-            return r
-    return None
+    """The matching successful row of the latest session (rows carry `session` once merged)."""
+    found = [r for r in rows if r.get("ok") and all(r.get(k) == v for k, v in match.items())]
+    return max(found, key=lambda r: r.get("session", 0)) if found else None
 
 
 def _ratio_verdict(ratio: float, target: float, lo: float, hi: float) -> bool | str:
-    """Met / missed, or "within noise" when the target lies inside the ratio's p10..p90 spread."""
-    if lo <= target <= hi and not ratio >= target:
+    """Met / missed, or "within noise" when the target lies inside the ratio's spread (p10..p90, and across
+    sessions where there are several): a difference smaller than its noise is not a result."""
+    if lo < target <= hi or lo <= target < hi:
         return "within noise"
     return ratio >= target
 
@@ -454,22 +454,40 @@ def evaluate_targets(rows: list[dict]) -> list[dict]:
     for n, k in FF_SHAPES:
         r = _p50(rows, part="kernel", kind="kernel", n=n, k=k, m=1)
         if r:
-            s = r["speedup_vs_bf16_eager"]
-            out.append({"target": f"labkit kernel, M=1, {k}->{n}: >= 1.6x bf16 eager cuBLAS",
+            lab, bf = r["labkit_graph"]["p50_ms"] * 1e3, r["bf16_graph"]["p50_ms"] * 1e3
+            lo = r["bf16_graph"]["p10_ms"] / r["labkit_graph"]["p90_ms"]
+            hi = r["bf16_graph"]["p90_ms"] / r["labkit_graph"]["p10_ms"]
+            s = bf / lab
+            out.append({"target": f"labkit kernel, M=1, {k}->{n}: >= 1.6x bf16 cuBLAS (device time, calls replayed "
+                                  "from a CUDA graph)",
+                        "measured": f"{bf:.1f} / {lab:.1f} us = {s:.2f}x (spread {lo:.2f}-{hi:.2f}x)",
+                        "met": _ratio_verdict(s, 1.6, lo, hi)})
+            se = r["speedup_vs_bf16_eager"]
+            out.append({"target": f"labkit kernel, M=1, {k}->{n}: >= 1.6x bf16 cuBLAS, each call launched on its own "
+                                  "from Python (launch cost included)",
                         "measured": f"{r['bf16_eager']['p50_ms'] * 1e3:.1f} / {r['labkit_eager']['p50_ms'] * 1e3:.1f} us"
-                                    f" = {s:.2f}x (graph-replayed: {r['speedup_vs_bf16_graph']:.2f}x)",
-                        "met": s >= 1.6})
+                                    f" = {se:.2f}x: Triton's Python launch path costs more than the kernel",
+                        "met": se >= 1.6})
             out.append({"target": f"labkit kernel, M=1, {k}->{n}: >= 70% of the measured copy bandwidth",
                         "measured": f"{r['labkit_tb_s']:.2f} TB/s = {r['labkit_frac_of_copy']:.0%}",
                         "met": r["labkit_frac_of_copy"] >= 0.70})
-    bf = _p50(rows, part="decode", variant="bf16", compiled=True)
-    lk = _p50(rows, part="decode", variant="labkit-int8-ff", compiled=True)
-    if bf and lk:
-        ratio = lk["p50_tok_s"] / bf["p50_tok_s"]
+    sessions = sorted({r.get("session", 0) for r in rows if r.get("part") == "decode"})
+    ratios = []
+    for sess in sessions:
+        bf = _p50([r for r in rows if r.get("session", 0) == sess], part="decode", variant="bf16", compiled=True)
+        lk = _p50([r for r in rows if r.get("session", 0) == sess], part="decode", variant="labkit-int8-ff",
+                  compiled=True)
+        if bf and lk:
+            ratios.append((sess, lk, bf, lk["p50_tok_s"] / bf["p50_tok_s"]))
+    if ratios:
+        sess, lk, bf, ratio = ratios[-1]
         lo, hi = lk["p10_tok_s"] / bf["p90_tok_s"], lk["p90_tok_s"] / bf["p10_tok_s"]
+        lo, hi = min([lo] + [x[3] for x in ratios]), max([hi] + [x[3] for x in ratios])
+        others = "; other sessions " + ", ".join(f"{x[3]:.3f}x" for x in ratios[:-1]) if len(ratios) > 1 else ""
         out.append({"target": "decode (static cache, compiled): INT8 FF on labkit's kernel >= 1.3x bf16",
-                    "measured": f"{lk['p50_tok_s']:.1f} vs {bf['p50_tok_s']:.1f} tok/s = {ratio:.2f}x "
-                                f"(p10-p90 spread {lo:.2f}-{hi:.2f}x)", "met": _ratio_verdict(ratio, 1.3, lo, hi)})
+                    "measured": f"{lk['p50_tok_s']:.1f} vs {bf['p50_tok_s']:.1f} tok/s = {ratio:.3f}x "
+                                f"(p10-p90 and sessions {lo:.3f}-{hi:.3f}x{others})",
+                    "met": _ratio_verdict(ratio, 1.3, lo, hi)})
     pb = _p50(rows, part="prefill", variant="bf16", compiled=True)
     for variant, target in (("fp8-ff", 1.12), ("w8a8-ff", 0.95), ("fp8-all", None)):
         pv = _p50(rows, part="prefill", variant=variant, compiled=True)
@@ -593,11 +611,72 @@ def _summary(row: dict) -> str:
     return f"  {row}"
 
 
+def merge_sessions(paths: list[str | Path], command: str | None = None) -> dict:
+    """One result from several sessions' files (a lent GPU may allow only minutes per call, so the parts can run
+    in separate calls). Rows get `session` (1, 2, ... in file order); kernel families and checks are re-derived
+    from the recorded kernel names with this version's classifier; targets are judged on the merged rows (the
+    latest session's row per measurement, every session's decode ratio for the noise band)."""
+    from labkit.measure.generation import classify_kernel
+
+    results = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
+    if not results:
+        raise SystemExit("--merge needs at least one result file")
+    bad = [str(p) for p, r in zip(paths, results) if r.get("experiment") != "fast8bit"]
+    if bad:
+        raise SystemExit(f"--merge: {bad} are not fast8bit result files")
+    rows, sessions = [], []
+    for i, res in enumerate(results, start=1):
+        prov = res["provenance"]
+        parts = sorted({r["part"] for r in res["rows"]})
+        sessions.append({"session": i, "date": prov["date"], "command": prov["command"], "parts": parts,
+                         "status": res["status"], "device_name": prov["device_name"]})
+        for r in res["rows"]:
+            r = {**r, "session": i}
+            if r.get("kernels"):
+                for k in r["kernels"]:
+                    k["family"] = "memory" if k["name"].startswith(("Memcpy", "Memset")) else classify_kernel(k["name"])
+                if r.get("ok") and r["part"] in ("block", "decode", "prefill"):
+                    m = r.get("m", 1 if r["part"] == "decode" else r.get("seq_len", 1))
+                    r.update(kernel_check(r["variant"], m, r["kernels"]))
+            rows.append(r)
+    # a part measured again in a later session replaces the earlier one, except decode (kept for the noise band)
+    latest = {}
+    for r in rows:
+        latest[r["part"]] = max(latest.get(r["part"], 0), r["session"])
+    rows = [r for r in rows if r["part"] == "decode" or r["session"] == latest[r["part"]]]
+    merged = {**results[-1], "rows": rows, "status": "complete" if all(
+        s["status"] == "complete" for s in sessions) else "incomplete", "errors": [e for r in results for e in r["errors"]]}
+    merged["provenance"] = {**results[-1]["provenance"], "command": command or "python -m labkit.experiments.fast8bit "
+                            "--merge " + " ".join(str(p) for p in paths), "sessions": sessions}
+    merged["notes"] = results[-1]["notes"] + [
+        "merged from several sessions (provenance.sessions): each row carries its session; kernel families were "
+        "re-derived from the recorded kernel names (top 8 by time per measurement) with the final classifier",
+        "all parts in one run on a GPU: python -m labkit.experiments.fast8bit (about 10 minutes on an H100)",
+    ]
+    merged["targets"] = evaluate_targets(rows)
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m labkit.experiments.fast8bit", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="result file (default: build/fast8bit_<device>.json)")
     add_arguments(parser)
-    run(parser.parse_args(argv))
+    parser.add_argument("--merge", nargs="+", default=None, metavar="FILE",
+                        help="merge result files of several sessions into one (no GPU needed)")
+    args = parser.parse_args(argv)
+    if args.merge:
+        out = Path(args.out) if args.out else default_out(args.reference).with_name("fast8bit_merged.json")
+        if args.reference and not args.out:
+            out = ROOT / "data" / "reference" / "fast8bit_h100.json"
+        command = "python -m labkit.experiments.fast8bit " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+        merged = merge_sessions(args.merge, command)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(merged, indent=1, default=str) + "\n", encoding="utf-8")
+        print(f"wrote {out}: {len(merged['rows'])} rows from {len(args.merge)} sessions")
+        for t in merged["targets"]:
+            print(f"  {str(t['met']):<13} {t['target']}: {t['measured']}")
+        return 0
+    run(args)
     return 0
 
 

@@ -142,7 +142,7 @@ class KernelConfig:
 TUNED: dict[tuple[int, int, int], KernelConfig] = {
     # measured fastest on an H100 80GB HBM3 (python -m labkit.experiments.fast8bit --parts kernel): the down
     # projection of Llama-2-7B at one token prefers the lane-by-lane path with long K tiles
-    (1, 4096, 11008): KernelConfig(1, 8, 1024, 1, num_warps=4, num_stages=4),
+    (1, 4096, 11008): KernelConfig(1, 8, 1024, 1, num_warps=4, num_stages=6),
 }
 """(m bucket 1 or 16, n, k) -> a configuration measured faster than the default for that shape."""
 
