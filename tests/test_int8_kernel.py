@@ -254,3 +254,24 @@ def test_bad_arguments_are_refused_before_work():
                        (["--block-variants", "int4"], "int4"), (["--new-tokens", "1"], "--new-tokens")):
         with pytest.raises(SystemExit, match=word):
             fast8bit._check_args(parser.parse_args(argv))
+
+
+def test_hybrid_shape_benchmark_runs_the_labkit_int8_mode():
+    from labkit.experiments.hybrid import shape_benchmark
+    from labkit.quant.report import int8_modules, quant_summary
+
+    rows = shape_benchmark("tiny-llama", (16,), modes=("bf16", "w8-labkit"), device="cpu", backend="sdpa",
+                           decode_prompt=4, decode_tokens=2, log=None)
+    lab = [r for r in rows if r["mode"] == "w8-labkit"]
+    assert [r["kind"] for r in lab] == ["prefill", "decode"] and all(r["ok"] for r in lab), lab
+    assert lab[0]["variant"] == "int8-ff-w8-labkit+sdpa"
+    assert lab[0]["int8_matches_selection"] and lab[0]["unselected_untouched"]
+    assert lab[0]["weight_gib"] < rows[0]["weight_gib"]
+    # the report helpers see labkit's modules as INT8
+    from torch import nn as _nn
+
+    from labkit.quant.int8_linear import Int8WeightOnlyLinear
+
+    model = _nn.Sequential(Int8WeightOnlyLinear.from_float(_nn.Linear(8, 8)), _nn.Linear(8, 8))
+    assert int8_modules(model) == ["0"]
+    assert quant_summary(model)["0"].startswith("int8 (labkit")

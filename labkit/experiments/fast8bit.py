@@ -22,7 +22,6 @@ import argparse
 import gc
 import json
 import math
-import re
 import shlex
 import sys
 import time
@@ -90,16 +89,10 @@ def _check_args(args) -> None:
         raise SystemExit(f"--new-tokens={args.new_tokens}: must be at least 2 (the first comes from the prefill)")
 
 
-def device_slug() -> str:
-    """"h100", "h200", ... from the GPU name; "cpu" without one."""
-    if not torch.cuda.is_available():
-        return "cpu"
-    name = torch.cuda.get_device_name().lower()
-    m = re.search(r"\b([a-z]{1,2}\d{2,4}[a-z]?)\b", name.replace("nvidia", ""))
-    return m.group(1) if m else re.sub(r"[^a-z0-9]+", "-", name).strip("-")
-
-
 def default_out(reference: bool) -> Path:
+    """build/fast8bit_<device>.json, or with `reference` data/reference/fast8bit_<device>.json."""
+    from labkit.results.files import device_slug
+
     folder = ROOT / ("data/reference" if reference else "build")
     return folder / f"fast8bit_{device_slug()}.json"
 
@@ -525,10 +518,12 @@ def run(args) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     jsonl = out.with_suffix(".jsonl")
     jsonl.unlink(missing_ok=True)
-    command = "python -m labkit.experiments.fast8bit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    argv = getattr(args, "argv", None)  # set by `python -m labkit.bench fast8bit ...`
+    command = ("python -m labkit.bench " + " ".join(shlex.quote(a) for a in argv) if argv is not None else
+               "python -m labkit.experiments.fast8bit " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     started = time.perf_counter()
     result = {"experiment": "fast8bit", "status": "running", "provenance": provenance(command),
-              "config": {k: v for k, v in vars(args).items() if not callable(v)}, "rows": [], "targets": [],
+              "config": {k: v for k, v in vars(args).items() if not callable(v) and k != "argv"}, "rows": [], "targets": [],
               "errors": [], "notes": [
                   "timings: p10/p50/p90 over `repeats` calls after warm-up; ms unless named tok_s",
                   "kernel part: weights rotate over several copies (> L2) so each call reads HBM; *_graph timings "
@@ -689,9 +684,11 @@ if __name__ == "__main__":
 
 
 def load_reference(slug: str = "h100", directory: str | Path | None = None) -> dict | None:
-    """The committed data/reference/fast8bit_<slug>.json, or None when this checkout has none."""
-    path = Path(directory or ROOT / "data" / "reference") / f"fast8bit_{slug}.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    """The committed data/reference/fast8bit_<slug>.json (a complete run), or None when this checkout has none."""
+    from labkit.results.reference import load_reference as load
+
+    data, _ = load("fast8bit", slug, directory=directory)
+    return data
 
 
 def block_table(result: dict, value: str = "p50_ms"):
