@@ -20,6 +20,9 @@ EXPERIMENTS = {
     "hybrid": ("labkit.experiments.hybrid.bench", "FA2 + selective INT8 against bf16 (notebook 03)"),
     "triton-fa2": ("labkit.experiments.triton_fa2",
                    "labkit's Triton FlashAttention-2: checks and TFLOP/s against fa2 and cudnn (notebook 02b)"),
+    "fast8bit": ("labkit.experiments.fast8bit",
+                 "8-bit that pays on the GPU: labkit's INT8 kernel, torchao INT8/FP8, compiled decode and prefill "
+                 "(notebook 03b)"),
 }
 
 

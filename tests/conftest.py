@@ -20,7 +20,8 @@ def _import_triton_kernels_for_the_interpreter() -> None:
     Triton reads TRITON_INTERPRET when a kernel (its own `tl.zeros`, `tl.sum` ... included) is defined, so this
     must happen before anything imports triton. The switch is turned off again at once: the rest of the suite and
     the notebooks see a plain CPU machine, where the GPU-only backends say why they cannot run; the tests of
-    the kernels switch it on for themselves (tests/test_triton_fa2.py).
+    the kernels switch it on for themselves (tests/test_triton_fa2.py) or call them on CPU tensors, which
+    switches it on around the launch (labkit.quant.int8_kernel).
     """
     import importlib.util
     import sys
@@ -35,6 +36,7 @@ def _import_triton_kernels_for_the_interpreter() -> None:
         import triton  # noqa: F401
 
         import labkit.attention.triton_fa2  # noqa: F401
+        import labkit.quant.int8_kernel  # noqa: F401
     finally:
         del os.environ["TRITON_INTERPRET"]
 

@@ -17,9 +17,17 @@ def is_int8_weight(t: torch.Tensor | None) -> bool:
     return isinstance(qdata, torch.Tensor) and qdata.dtype == torch.int8
 
 
+def is_labkit_int8(mod: nn.Module) -> bool:
+    """True for labkit's `Int8WeightOnlyLinear` (INT8 codes in a `weight_int8` buffer, run by labkit's kernel)."""
+    codes = getattr(mod, "weight_int8", None)
+    return isinstance(codes, torch.Tensor) and codes.dtype == torch.int8
+
+
 def int8_modules(model: nn.Module) -> list[str]:
-    """Names of the modules whose `weight` is stored as real INT8 (after convert or PTQ), in model order."""
-    return [name for name, mod in model.named_modules() if is_int8_weight(getattr(mod, "weight", None))]
+    """Names of the modules whose weight is stored as real INT8 (after convert or PTQ, torchao tensors or labkit's
+    `Int8WeightOnlyLinear`), in model order."""
+    return [name for name, mod in model.named_modules()
+            if is_int8_weight(getattr(mod, "weight", None)) or is_labkit_int8(mod)]
 
 
 def fake_quantized_modules(model: nn.Module) -> list[str]:
@@ -35,6 +43,9 @@ def quant_summary(model: nn.Module) -> dict[str, str]:
     out: dict[str, str] = {}
     fake = set(fake_quantized_modules(model))
     for name, mod in model.named_modules():
+        if name and is_labkit_int8(mod):
+            out[name] = "int8 (labkit Int8WeightOnlyLinear, weight-only)"
+            continue
         w = getattr(mod, "weight", None)
         if not isinstance(w, torch.Tensor) or not name:
             continue

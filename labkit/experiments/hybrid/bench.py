@@ -59,7 +59,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--shape", default="llama-2-7b",
                         help="random-weight shape for the speed/memory part (GPU only); 'none' skips it")
     parser.add_argument("--shape-lens", default="8192,32768", help="comma-separated prefill lengths for the shape")
-    parser.add_argument("--shape-modes", default="bf16,w8,w8a8", help="comma-separated: bf16,w8,w8a8")
+    parser.add_argument("--shape-modes", default="bf16,w8,w8a8",
+                        help="comma-separated: bf16,w8,w8a8,w8-labkit (INT8 on labkit's Triton kernel),fp8 (FP8 "
+                             "row-wise, GPUs >= 8.9)")
 
 
 def _ints(text: str | None) -> tuple[int, ...] | None:

@@ -1,5 +1,8 @@
-"""The speed-and-memory half on a real shape with random weights (llama-2-7b): bf16 + FA2 against INT8
-feed-forward + FA2. Random weights have the real speed and memory; their outputs mean nothing."""
+"""The speed-and-memory half on a real shape with random weights (llama-2-7b): bf16 + FA2 against 8-bit
+feed-forward + FA2. Random weights have the real speed and memory; their outputs mean nothing.
+
+Modes: bf16; w8 / w8a8 (torchao INT8 weight-only / dynamic activations); w8-labkit (INT8 weight-only on labkit's
+Triton kernel, `labkit.quant.int8_linear`); fp8 (FP8 row-wise weights and activations, GPUs >= 8.9)."""
 
 from __future__ import annotations
 
@@ -22,14 +25,36 @@ from labkit.quant.selection import LayerSelection, resolve_layers
 from labkit.quant.size import weight_bytes
 
 
-SHAPE_MODES = ("bf16", "w8", "w8a8")
+SHAPE_MODES = ("bf16", "w8", "w8a8", "w8-labkit", "fp8")
+DEFAULT_SHAPE_MODES = ("bf16", "w8", "w8a8")
+
+
+def quantize_mode(model: nn.Module, mode: str, selected: list[str]) -> list[str]:
+    """Quantize `selected` in place for one shape mode; returns the names that really are 8-bit afterwards."""
+    if mode in ("w8", "w8a8"):
+        (quantize_dynamic_int8 if mode == "w8a8" else quantize_weight_only_int8)(model, selected)
+        return int8_modules(model)
+    if mode == "w8-labkit":
+        from torchao.quantization import quantize_
+
+        from labkit.quant.int8_linear import LabkitInt8WeightOnlyConfig
+        from labkit.quant.selection import selection_filter
+
+        quantize_(model, LabkitInt8WeightOnlyConfig(), filter_fn=selection_filter(model, selected))
+        return int8_modules(model)
+    if mode == "fp8":
+        from labkit.quant.fp8 import fp8_modules, quantize_fp8_rowwise
+
+        quantize_fp8_rowwise(model, selected)  # refuses, with the reason, below compute capability 8.9
+        return fp8_modules(model)
+    raise ValueError(f"unknown mode {mode!r}; use {SHAPE_MODES}")
 
 
 def shape_benchmark(
     shape: str = "llama-2-7b",
     lengths: tuple[int, ...] = (8192, 32768),
     layers: LayerSelection = FEED_FORWARD,
-    modes: tuple[str, ...] = SHAPE_MODES,
+    modes: tuple[str, ...] = DEFAULT_SHAPE_MODES,
     *,
     device: torch.device | str = "cuda",
     backend: str = "fa2",
@@ -61,7 +86,8 @@ def shape_benchmark(
             on_row(row)
 
     for mode in modes:
-        variant = f"bf16+{backend}" if mode == "bf16" else f"int8-ff-{mode}+{backend}"
+        variant = (f"bf16+{backend}" if mode == "bf16" else f"fp8-ff+{backend}" if mode == "fp8"
+                   else f"int8-ff-{mode}+{backend}")
         base = {"model": shape, "weights": "random (speed and memory only)", "variant": variant, "mode": mode}
         model = None
         try:
@@ -72,15 +98,16 @@ def shape_benchmark(
             if mode != "bf16":
                 before = {n: id(m.weight) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
                 selected = resolve_layers(model, layers)
-                (quantize_dynamic_int8 if mode == "w8a8" else quantize_weight_only_int8)(model, selected)
+                quantized = quantize_mode(model, mode, selected)
                 after = {n: id(m.weight) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
                 modules = dict(model.named_modules())
                 untouched = all(after[n] == before[n] and type(modules[n].weight) is nn.Parameter
                                 and type(modules[n].weight.data) is torch.Tensor
                                 for n in before if n not in set(selected))
-                int8 = int8_modules(model)
-                base.update(int8_layers=len(int8), int8_matches_selection=int8 == selected,
+                base.update(int8_layers=len(quantized), int8_matches_selection=quantized == selected,
                             unselected_untouched=untouched)
+                if mode == "fp8":  # the same two checks, for FP8 layers
+                    base["quantized_format"] = "fp8 e4m3 row-wise"
             base["weight_gib"] = weight_bytes(model) / GIB
             base["build_s"] = time.perf_counter() - t0
             say(f"{shape} {variant}: weights {base['weight_gib']:.2f} GiB")
