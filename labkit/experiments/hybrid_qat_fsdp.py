@@ -324,9 +324,12 @@ def _command() -> str:
     """The one command that made this file, as the user typed it."""
     nproc = os.environ.get("WORLD_SIZE", "1")
     argv = sys.argv[1:]
+    entry = "labkit.bench hybrid-qat"
     if argv and argv[0] == "hybrid-qat":
         argv = argv[1:]
-    return f"torchrun --nproc-per-node {nproc} -m labkit.bench hybrid-qat " + " ".join(shlex.quote(a) for a in argv)
+    elif sys.argv and sys.argv[0].endswith(f"{EXPERIMENT}.py"):
+        entry = f"labkit.experiments.{EXPERIMENT}"
+    return f"torchrun --nproc-per-node {nproc} -m {entry} " + " ".join(shlex.quote(a) for a in argv)
 
 
 def main(argv: list[str] | None = None) -> int:

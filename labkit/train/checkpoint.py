@@ -33,7 +33,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer, step: int, ex
     opt, sched = optimizer
     path = Path(path)
     model_sd, optim_sd = get_state_dict(model, opt)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path))
+    writer = dcp.FileSystemWriter(str(path), overwrite=True)  # a later save of the same run replaces the earlier
+    dcp.save({"model": model_sd, "optim": optim_sd}, storage_writer=writer)
     if dist.get_rank() == 0:
         state = {"step": step, "scheduler": sched.state_dict(), "world_size": dist.get_world_size(), **(extra or {})}
         (path / TRAINER_STATE).write_text(json.dumps(state, indent=1), encoding="utf-8")
