@@ -1,40 +1,20 @@
 """FSDP2 QAT on a CPU over gloo: 2 processes train exactly like 1, checkpoints resume, INT8 export reloads.
 
-The end-to-end tests launch `torchrun` subprocesses on 127.0.0.1 with a free port (fp32, a 2-layer random
-Llama); everything else is argument checking and the training memory model, which need no process group.
+The 1-process run runs in the test process, the 2-process runs as `torchrun` subprocesses on 127.0.0.1 with a
+free port (fp32, a 2-layer random Llama on counting data); everything else is argument checking and the training memory model, which need no process group.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 from argparse import Namespace
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["--model", "tiny-llama", "--seq-lens", "32", "--global-batch", "4", "--steps", "6", "--lr", "1e-2"]
-
-
-def _counting_blocks(path: Path) -> Path:
-    """Learnable token blocks (each block counts up from a random start): the loss must fall, or a match
-    between runs would prove nothing."""
-    from safetensors.torch import save_file
-
-    starts = torch.randint(0, 256, (32, 1), generator=torch.Generator().manual_seed(1))
-    save_file({"input_ids": ((starts + torch.arange(32)) % 256).to(torch.int32)}, str(path))
-    return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _in_process(out: Path, *extra: str) -> dict:
@@ -54,21 +34,18 @@ def _in_process(out: Path, *extra: str) -> dict:
 
 
 def _torchrun(nproc: int, out: Path, *extra: str) -> dict:
-    env = {**os.environ, "LABKIT_FSDP_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
-           "127.0.0.1", "--master-port", str(_free_port()), "-m", "labkit.experiments.hybrid_qat_fsdp",
-           "--profile", "quick", *TINY, "--out", str(out), *extra]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(out.read_text())
+    from labkit.experiments.hybrid_qat_fsdp_results import launch_cpu
+
+    return launch_cpu(nproc, ["--profile", "quick", *TINY, *extra], out, timeout_s=120)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     """One 1-process run; one 2-process run that stops at step 3 with a sharded checkpoint; its resume."""
+    from labkit.experiments.hybrid_qat_fsdp_results import counting_blocks
+
     tmp = tmp_path_factory.mktemp("fsdp")
-    data = ["--data", str(_counting_blocks(tmp / "counting.safetensors"))]
+    data = ["--data", str(counting_blocks(tmp / "counting.safetensors"))]
     one = _in_process(tmp / "one.json", *data)
     first = _torchrun(2, tmp / "first.json", *data, "--stop-after", "3", "--checkpoint-dir", str(tmp / "ck"))
     resumed = _torchrun(2, tmp / "resumed.json", *data, "--resume", "--checkpoint-dir", str(tmp / "ck"),

@@ -50,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto (WikiText-2 validation for trained models, random tokens for random weights), "
                              "wikitext2, random, or a .safetensors file with an [n, len] 'input_ids' tensor")
     parser.add_argument("--attention", default=None, help="labkit backend (default: fa2 on a GPU, sdpa on a CPU)")
+    parser.add_argument("--compile-fake-quant", action="store_true",
+                        help="torch.compile each fake quantizer (fuses its elementwise passes; same numerics)")
     parser.add_argument("--no-checkpointing", action="store_true", help="turn activation checkpointing off")
     parser.add_argument("--checkpoint-dir", default=None, help="folder for sharded checkpoints (DCP)")
     parser.add_argument("--checkpoint-every", type=int, default=0, help="save every k steps (0: at the end only)")
@@ -214,7 +216,8 @@ def run(args) -> dict:
                                  qat=mode != "plain", layers=LAYER_PRESETS.get(args.layers, args.layers),
                                  activations=MODES[mode], seq_len=seq, global_batch=s["global_batch"],
                                  steps=s["steps"], lr=s["lr"], seed=args.seed,
-                                 checkpointing=not args.no_checkpointing, attention=s["attention"])
+                                 checkpointing=not args.no_checkpointing, attention=s["attention"],
+                                 compile_fake_quant=args.compile_fake_quant)
             row = {"mode": mode, "seq_len": seq, "config": cfg.as_dict(), "status": "running", "steps": []}
             result["runs"].append(row)
             try:
