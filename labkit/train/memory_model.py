@@ -5,16 +5,22 @@ The inference model (labkit.attention.memory_model) counts weights + one layer's
                      precision: the fp32 "master" copy that AdamW updates), P * 4 / N
     gradients        sharded, same dtype as the parameters, trainable parameters only
     optimizer        AdamW's two moments (exp_avg, exp_avg_sq), fp32, trainable parameters only
+    optimizer temp   PyTorch's foreach AdamW (the default on GPUs) computes sqrt(exp_avg_sq) for every tensor at
+                     once: one fp32 temporary the size of the trainable shard, alive only inside `step()`
     working weights  FSDP2 all-gathers one decoder layer at a time in the compute dtype (bf16) and prefetches
-                     the next: two layers unsharded, plus the root group (embeddings, final norm, head); on one
-                     GPU too (the bf16 copy of the fp32 parameters)
+                     the next: two layers unsharded, plus the root group (embeddings, final norm, head)
     grad buffers     one layer's unsharded gradient in bf16 and its fp32 copy for the reduce-scatter
     activations      with checkpointing: every layer keeps only its input (T x h) and one layer is recomputed
                      at a time; without: every layer keeps everything its backward needs
-    loss             logits (bf16), their fp32 upcast, log-softmax and its gradient (transformers' loss)
-Activation fake quantization (QAT w8a8) saves its quantized input of each fake-quantized Linear as well.
-Like the inference model it ignores allocator rounding and small buffers: a model that should track the
-measured `torch.cuda.max_memory_allocated`, not match it to the byte.
+    loss             the logits in bf16, their fp32 upcast and the fp32 log-softmax the cross-entropy saves
+The step has two peaks and the larger one wins:
+    backward         states + working weights + grad buffers + activations + max(one layer's recompute, loss)
+    optimizer step   states + optimizer temp (activations are gone by then)
+With a 7B model on 2 GPUs the optimizer step is the peak up to ~16k tokens, the backward beyond. (The first
+version of this model added every part at once; the 2 x H200 measurements showed the two phases, and the
+foreach temporary, and the model was rewritten to follow them.) Activation fake quantization (QAT w8a8)
+saves the quantized input of each fake-quantized Linear as well. Like the inference model it ignores allocator
+rounding and small buffers: it should track `torch.cuda.max_memory_allocated`, not match it to the byte.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from dataclasses import dataclass
 
 from labkit.attention.memory_model import GIB, ModelShape, dtype_bytes
 
-__all__ = ["GIB", "ModelShape", "TrainSetup", "training_breakdown", "predicted_training_peak", "max_train_seq_len"]
+__all__ = ["GIB", "ModelShape", "TrainSetup", "training_breakdown", "phase_peaks", "predicted_training_peak",
+           "max_train_seq_len", "states_bytes_per_param"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,7 @@ class TrainSetup:
     checkpointing: bool = True
     frozen_embeddings: bool = True    # the input embedding gets no gradient and no optimizer state
     qat_ff_activations: bool = False  # w8a8 QAT on the feed-forward layers (fake-quantized inputs are saved)
+    foreach_optimizer: bool = True    # PyTorch's default AdamW on GPUs (one shard-sized fp32 temporary in step)
 
 
 def _layer_params(shape: ModelShape) -> int:
@@ -60,13 +68,11 @@ def layer_activation_bytes(shape: ModelShape, tokens: int, setup: TrainSetup) ->
 
 
 def training_breakdown(shape: ModelShape, seq_len: int, setup: TrainSetup = TrainSetup()) -> dict[str, int]:
-    """Bytes per GPU of each part of a training step's peak (see the module docstring)."""
+    """Bytes per GPU of each part of a training step (see the module docstring); `phase_peaks` adds them up."""
     n = setup.world_size
     total = shape.parameters()
     embed = shape.vocab * shape.hidden
-    trainable = total - (embed if setup.frozen_embeddings and not shape.tied_embeddings else 0)
-    if setup.frozen_embeddings and shape.tied_embeddings:
-        trainable = total - embed  # the head is the embedding: frozen with it
+    trainable = total - embed if setup.frozen_embeddings else total  # a tied head is frozen with the embedding
     T = setup.batch_per_gpu * seq_len
     c = setup.compute_bytes
     layer = _layer_params(shape)
@@ -80,16 +86,28 @@ def training_breakdown(shape: ModelShape, seq_len: int, setup: TrainSetup = Trai
         "master_weights": total * setup.master_bytes // n,
         "gradients": trainable * setup.master_bytes // n,
         "optimizer": trainable * 4 * setup.optimizer_states // n,
+        "optimizer_temp": trainable * 4 // n if setup.foreach_optimizer else 0,
         "working_weights": (2 * layer + root) * c,
         "grad_buffers": layer * (c + 4) if n > 1 else layer * c,
         "activations": activations,
-        "loss": T * shape.vocab * (c + 4 + 4 + 4),
+        "loss": T * shape.vocab * (c + 4 + 4),
+        "recompute": per_layer_act if setup.checkpointing else 0,
     }
 
 
+def phase_peaks(shape: ModelShape, seq_len: int, setup: TrainSetup = TrainSetup()) -> dict[str, int]:
+    """Modelled bytes per GPU at the two peaks of a step: the backward and the optimizer step."""
+    p = training_breakdown(shape, seq_len, setup)
+    states = p["master_weights"] + p["gradients"] + p["optimizer"]
+    # with checkpointing the loss and the recomputed layer are not alive together; the larger one counts
+    transient = max(p["loss"], p["recompute"]) - p["recompute"] if setup.checkpointing else p["loss"]
+    backward = states + p["working_weights"] + p["grad_buffers"] + p["activations"] + transient
+    return {"backward": backward, "optimizer_step": states + p["optimizer_temp"]}
+
+
 def predicted_training_peak(shape: ModelShape, seq_len: int, setup: TrainSetup = TrainSetup()) -> int:
-    """Modelled peak bytes per GPU of one training step."""
-    return sum(training_breakdown(shape, seq_len, setup).values())
+    """Modelled peak bytes per GPU of one training step (the larger of the two phases)."""
+    return max(phase_peaks(shape, seq_len, setup).values())
 
 
 def max_train_seq_len(shape: ModelShape, budget_bytes: float, setup: TrainSetup = TrainSetup()) -> int:
