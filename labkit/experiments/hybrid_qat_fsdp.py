@@ -27,7 +27,6 @@ import torch
 EXPERIMENT = "hybrid_qat_fsdp"
 MODES = {"qat-w8a8": "int8-dynamic", "qat-w8": None, "plain": None}
 LAYER_PRESETS = {"feed-forward": r"\.mlp\.(gate|up|down)_proj$", "all-linear": r"\.layers\.\d+\."}
-REFERENCE_DIR = Path("data/reference")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -127,7 +126,7 @@ def validate(args, world_size: int) -> dict:
 
 
 def _out_path(args, cuda: bool, world_size: int) -> Path:
-    from labkit.bench.attention import device_slug
+    from labkit.results.files import REFERENCE_DIR, device_slug
 
     slug = device_slug("cuda" if cuda else "cpu") + (f"x{world_size}" if world_size > 1 else "")
     name = f"{EXPERIMENT}_{slug}.json"
@@ -149,7 +148,7 @@ def _blocks(data: str, model: str, seq_len: int, vocab: int, cfg) -> torch.Tenso
         from transformers import AutoTokenizer
 
         from labkit.models import EMBEDDED_CAUSAL_LMS, _canonical, _smollm2_folder
-        from labkit.pipelines.hybrid import wikitext_blocks
+        from labkit.lm.perplexity import wikitext_blocks
 
         source = str(_smollm2_folder()) if _canonical(model) in EMBEDDED_CAUSAL_LMS else model
         return wikitext_blocks(AutoTokenizer.from_pretrained(source), "validation", seq_len)
@@ -176,8 +175,8 @@ def _predicted(model, cfg, world_size: int, mode: str) -> dict:
 
 def run(args) -> dict:
     """Run every (mode, sequence length); rank 0 writes the results. Exits non-zero if a run failed."""
-    from labkit.bench.attention import write_json
-    from labkit.bench.sweep import is_memory_error
+    from labkit.results.files import write_json
+    from labkit.measure.memory import is_memory_error
     from labkit.env import provenance
     from labkit.train import fsdp_qat as fq
 
@@ -186,7 +185,7 @@ def run(args) -> dict:
     if not s["cuda"]:
         os.environ["LABKIT_FSDP_DEVICE"] = "cpu"
     env = fq.init_distributed()
-    command = _command()
+    command = _command(args)
     out, log = s["out"], s["out"].with_suffix(".jsonl")
     result = {"experiment": EXPERIMENT, "provenance": provenance(command), "status": "running",
               "world_size": env.world_size, "seed": args.seed, "settings": {k: str(v) if isinstance(v, Path) else v
@@ -242,7 +241,7 @@ def run(args) -> dict:
 
 
 def _one_run(cfg, mode: str, args, s: dict, env, row: dict, log: Path, say) -> None:
-    from labkit.bench.sweep import append_jsonl
+    from labkit.results.files import append_jsonl
     from labkit.train import checkpoint as ck
     from labkit.train import fsdp_qat as fq
 
@@ -323,14 +322,13 @@ def _summarise(result: dict) -> None:
     result["longest_seq_trained"] = ok
 
 
-def _command() -> str:
-    """The one command that made this file, as the user typed it."""
+def _command(args) -> str:
+    """The one command that made this file, as typed (through `labkit.bench` or this module directly)."""
     nproc = os.environ.get("WORLD_SIZE", "1")
-    argv = sys.argv[1:]
-    entry = "labkit.bench hybrid-qat"
-    if argv and argv[0] == "hybrid-qat":
-        argv = argv[1:]
-    elif sys.argv and sys.argv[0].endswith(f"{EXPERIMENT}.py"):
+    argv = list(getattr(args, "argv", None) or sys.argv[1:])
+    if getattr(args, "experiment", None):        # labkit.cli: argv starts with the experiment's name
+        entry, argv = "labkit.bench", argv
+    else:
         entry = f"labkit.experiments.{EXPERIMENT}"
     return f"torchrun --nproc-per-node {nproc} -m {entry} " + " ".join(shlex.quote(a) for a in argv)
 
@@ -341,7 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=("quick", "full"), default=None)
     parser.add_argument("--out", default=None, help=f"result file (default: build/{EXPERIMENT}/...)")
     add_arguments(parser)
-    run(parser.parse_args(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    run(args)
     return 0
 
 

