@@ -82,11 +82,10 @@ def export_int8(model: nn.Module, cfg, env, out_dir: str | Path, sample: torch.T
         if unexpected or [k for k in missing if "rotary" not in k]:
             raise RuntimeError(f"state dict mismatch on export: missing {missing[:4]}, unexpected {unexpected[:4]}")
         del state
+        rotary = type(fresh.model.rotary_emb)
+        fresh.model.rotary_emb = rotary(fresh.config)  # a meta-built model has no rotary buffers yet
         fresh = fresh.to(device=env.device, dtype=dtype).eval()
-        if hasattr(fresh, "gradient_checkpointing_disable"):
-            fresh.gradient_checkpointing_disable()
-        rotary = fresh.model.rotary_emb
-        fresh.model.rotary_emb = type(rotary)(fresh.config).to(env.device)
+        fresh.model.rotary_emb = rotary(fresh.config).to(env.device)  # inv_freq in fp32, as transformers keeps it
         convert_qat(fresh)
         out_dir = Path(out_dir)
         path = save_quantized(fresh, out_dir)

@@ -145,10 +145,6 @@ def model_config(cfg: TrainConfig):
     return None
 
 
-def uses_random_weights(cfg: TrainConfig) -> bool:
-    return model_config(cfg) is not None
-
-
 def build_model(cfg: TrainConfig, device: torch.device) -> nn.Module:
     """The float model in fp32 (trained weights, or random weights of a shape), QAT-prepared if asked.
 
