@@ -7,6 +7,7 @@ free port (fp32, a 2-layer random Llama on counting data); everything else is ar
 from __future__ import annotations
 
 import json
+import math
 import os
 from argparse import Namespace
 from pathlib import Path
@@ -151,3 +152,38 @@ def test_memory_model_tracks_the_committed_measurements():
     for run, world in runs:
         ratio = run["peak_gib"] / modelled_peak_gib(run, world)
         assert 0.9 <= ratio <= 1.1, (run["mode"], run["seq_len"], run["peak_gib"], ratio)
+
+
+def test_meta_built_model_trains_and_exports(tmp_path, monkeypatch):
+    """The 7B path (built on the meta device, shards filled after fully_shard), on a tiny shape in one process."""
+    import socket
+
+    import torch.distributed as dist
+
+    from labkit.quant.qat import qat_state
+    from labkit.train import checkpoint as ck
+    from labkit.train import fsdp_qat as fq
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                           LABKIT_FSDP_DEVICE="cpu").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(fq, "META_INIT_PARAMS", 0)
+    env = fq.init_distributed()
+    try:
+        cfg = fq.TrainConfig(model="tiny-llama", seq_len=16, global_batch=2, steps=2, lr=1e-3)
+        model = fq.build_model(cfg, env.device)
+        assert all(p.is_meta for p in model.parameters())
+        fq.shard_model(model, cfg, env.device)
+        assert not any(p.is_meta for p in model.parameters())
+        assert torch.isfinite(model.model.rotary_emb.inv_freq).all()
+        blocks = fq.random_blocks(256, cfg)
+        losses = [r.loss for r in fq.train(model, blocks, cfg, env)]
+        assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+        info = ck.export_int8(model, cfg, env, tmp_path / "int8", sample=blocks[:1])
+        assert info["int8_layers"] == 6 and math.isfinite(info["sample_loss"])
+        assert qat_state(model).layers  # the sharded model is still the prepared one
+    finally:
+        dist.destroy_process_group()
