@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="resume from --checkpoint-dir")
     parser.add_argument("--stop-after", type=int, default=None, help="stop after this many steps (then resume)")
     parser.add_argument("--export-int8", default=None, help="folder: save the converted INT8 + FA2 model there")
-    parser.add_argument("--write-reference", action="store_true",
+    parser.add_argument("--write-reference", "--reference", dest="write_reference", action="store_true",
                         help="allow writing under data/reference/ (default out: data/reference/"
                              f"{EXPERIMENT}_<device>.json)")
 
