@@ -23,6 +23,7 @@ EXPERIMENTS = {
     "fast8bit": ("labkit.experiments.fast8bit",
                  "8-bit that pays on the GPU: labkit's INT8 kernel, torchao INT8/FP8, compiled decode and prefill "
                  "(notebook 03b)"),
+    "hybrid-qat": ("labkit.experiments.hybrid_qat_fsdp", "QAT sharded over N GPUs with FSDP2 (torchrun; notebook 04)"),
 }
 
 

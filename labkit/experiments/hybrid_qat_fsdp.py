@@ -1,0 +1,350 @@
+"""`torchrun --nproc-per-node N -m labkit.bench hybrid-qat`: the hybrid's QAT sharded over N GPUs with FSDP2.
+
+For each mode (qat-w8a8, qat-w8: feed-forward layers fake-quantized; plain: the same fine-tune without QAT) and
+each sequence length, it builds the model, shards it (labkit.train.fsdp_qat), trains, and records per step the
+loss, tokens/s and the peak memory of the worst GPU beside the training memory model's prediction. Lengths run
+shortest first; out-of-memory is a data point and ends that mode's longer lengths. Optional: sharded checkpoints
+(save every k steps, resume), and the final QAT model converted to INT8 and saved for single-GPU inference.
+
+Models: a hub id or local folder, the embedded smollm2-135m, or a labkit shape (llama-2-7b ...) with random
+weights, for speed and memory only (`--random-weights` builds any known shape that way, smollm2-135m included).
+Rank 0 appends each step to <out>.jsonl and writes <out> (JSON, with provenance) after every run. The default
+<out> is under build/, never data/reference/ (that needs --write-reference).
+Standalone: `torchrun --nproc-per-node N -m labkit.experiments.hybrid_qat_fsdp ...` takes the same arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+EXPERIMENT = "hybrid_qat_fsdp"
+MODES = {"qat-w8a8": "int8-dynamic", "qat-w8": None, "plain": None}
+LAYER_PRESETS = {"feed-forward": r"\.mlp\.(gate|up|down)_proj$", "all-linear": r"\.layers\.\d+\."}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="smollm2-135m",
+                        help="embedded name (smollm2-135m), hub id or local folder, or a shape (llama-2-7b, "
+                             "llama-3-8b, tiny-llama: random weights)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="build the shape of --model with random weights (speed and memory only)")
+    parser.add_argument("--num-layers", type=int, default=None, help="fewer decoder layers (random weights only)")
+    parser.add_argument("--modes", default="qat-w8a8", help=f"comma-separated: {','.join(MODES)}")
+    parser.add_argument("--layers", default="feed-forward",
+                        help="layers to fake-quantize: feed-forward, all-linear, or a regex on module names")
+    parser.add_argument("--seq-lens", default=None, help="comma-separated sequence lengths (default: by profile)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: by profile)")
+    parser.add_argument("--global-batch", type=int, default=None,
+                        help="sequences per step over all processes; a multiple of the process count")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: by profile)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", default="auto",
+                        help="auto (WikiText-2 validation for trained models, random tokens for random weights), "
+                             "wikitext2, random, or a .safetensors file with an [n, len] 'input_ids' tensor")
+    parser.add_argument("--attention", default=None, help="labkit backend (default: fa2 on a GPU, sdpa on a CPU)")
+    parser.add_argument("--compile-fake-quant", action="store_true",
+                        help="torch.compile each fake quantizer (fuses its elementwise passes; same numerics)")
+    parser.add_argument("--no-checkpointing", action="store_true", help="turn activation checkpointing off")
+    parser.add_argument("--checkpoint-dir", default=None, help="folder for sharded checkpoints (DCP)")
+    parser.add_argument("--checkpoint-every", type=int, default=0, help="save every k steps (0: at the end only)")
+    parser.add_argument("--resume", action="store_true", help="resume from --checkpoint-dir")
+    parser.add_argument("--stop-after", type=int, default=None, help="stop after this many steps (then resume)")
+    parser.add_argument("--export-int8", default=None, help="folder: save the converted INT8 + FA2 model there")
+    parser.add_argument("--write-reference", "--reference", dest="write_reference", action="store_true",
+                        help="allow writing under data/reference/ (default out: data/reference/"
+                             f"{EXPERIMENT}_<device>.json)")
+
+
+def _split(text: str | None, cast=str) -> list:
+    return [cast(x) for x in text.split(",") if x.strip()] if text else []
+
+
+def validate(args, world_size: int) -> dict:
+    """Check every argument before any model loads; returns the resolved settings (or raises ValueError)."""
+    from labkit.models import EMBEDDED_CAUSAL_LMS, SHAPES, _canonical
+    from labkit.env import get_profile
+
+    profile = getattr(args, "profile", None) or get_profile()
+    cuda = torch.cuda.is_available() and os.environ.get("LABKIT_FSDP_DEVICE", "") != "cpu"
+    modes = _split(args.modes)
+    bad = [m for m in modes if m not in MODES]
+    if not modes or bad:
+        raise ValueError(f"--modes {args.modes!r}: unknown {bad}; choose from {', '.join(MODES)}")
+    key = _canonical(args.model)
+    shape_only = key in SHAPES and key not in EMBEDDED_CAUSAL_LMS
+    if args.random_weights and key not in SHAPES:
+        raise ValueError(f"--random-weights needs a known shape, not {args.model!r}; shapes: {', '.join(SHAPES)}")
+    if args.num_layers is not None and not (shape_only or args.random_weights):
+        raise ValueError("--num-layers applies to random-weight shapes only; add --random-weights")
+    if not (shape_only or args.random_weights or key in EMBEDDED_CAUSAL_LMS or "/" in args.model
+            or Path(args.model).is_dir()):
+        raise ValueError(f"--model {args.model!r} is not an embedded model ({', '.join(EMBEDDED_CAUSAL_LMS)}), "
+                         f"a shape ({', '.join(SHAPES)}), a hub id 'org/name' or a local folder")
+    random = shape_only or args.random_weights
+    quick = profile == "quick"
+    seq_lens = _split(args.seq_lens, int) or ([128] if quick else [1024 if not random or not cuda else 4096])
+    steps = args.steps or (8 if quick else 50)
+    batch = args.global_batch or (2 * world_size if quick else max(8, world_size))
+    lr = args.lr or (1e-4 if random else 2e-5)
+    if min(seq_lens) < 8:
+        raise ValueError(f"--seq-lens {args.seq_lens!r}: every length must be >= 8")
+    if steps < 1 or batch < 1 or batch % world_size:
+        raise ValueError(f"--steps {steps} / --global-batch {batch}: steps >= 1 and a batch that is a positive "
+                         f"multiple of the {world_size} process(es)")
+    data = args.data
+    if data not in ("auto", "wikitext2", "random") and not (data.endswith(".safetensors") and Path(data).is_file()):
+        raise ValueError(f"--data {data!r}: use auto, wikitext2, random or an existing .safetensors file")
+    if data == "wikitext2" and random:
+        raise ValueError("--data wikitext2 needs a tokenizer: random-weight shapes train on --data random or a file")
+    if (args.resume or args.checkpoint_every) and not args.checkpoint_dir:
+        raise ValueError("--resume / --checkpoint-every need --checkpoint-dir FOLDER")
+    if args.resume and not (Path(args.checkpoint_dir) / "trainer.json").is_file():
+        raise ValueError(f"--resume: {args.checkpoint_dir} holds no checkpoint (no trainer.json)")
+    if (args.checkpoint_dir or args.export_int8) and (len(modes) > 1 or len(seq_lens) > 1):
+        raise ValueError("--checkpoint-dir / --export-int8 take one mode and one sequence length")
+    if args.export_int8 and modes[0] == "plain":
+        raise ValueError("--export-int8 needs a QAT mode (qat-w8a8 or qat-w8), not plain")
+    if args.stop_after is not None and not 1 <= args.stop_after <= steps:
+        raise ValueError(f"--stop-after {args.stop_after} must be between 1 and --steps ({steps})")
+    from labkit.attention.backends import unavailable_reason
+
+    attention = args.attention or ("fa2" if cuda else "sdpa")
+    why = unavailable_reason(attention, "cuda" if cuda else "cpu", torch.bfloat16 if cuda else torch.float32)
+    if why:
+        raise ValueError(f"--attention {attention}: {why}")
+    out = _out_path(args, cuda, world_size)
+    return dict(profile=profile, modes=modes, seq_lens=sorted(seq_lens), steps=steps, global_batch=batch, lr=lr,
+                random=random, data=("random" if random else "wikitext2") if data == "auto" else data,
+                attention=attention, out=out, cuda=cuda)
+
+
+def _out_path(args, cuda: bool, world_size: int) -> Path:
+    from labkit.results.files import REFERENCE_DIR, device_slug
+
+    slug = device_slug("cuda" if cuda else "cpu") + (f"x{world_size}" if world_size > 1 else "")
+    name = f"{EXPERIMENT}_{slug}.json"
+    out = Path(args.out) if getattr(args, "out", None) else (
+        REFERENCE_DIR / name if args.write_reference else Path("build") / EXPERIMENT / name)
+    inside = REFERENCE_DIR.resolve() in out.resolve().parents
+    if inside and not args.write_reference:
+        raise ValueError(f"--out {out} is under {REFERENCE_DIR}/: committed references are written only with "
+                         "--write-reference")
+    return out
+
+
+def _blocks(data: str, model: str, seq_len: int, vocab: int, cfg) -> torch.Tensor:
+    from labkit.train.fsdp_qat import random_blocks
+
+    if data == "random":
+        return random_blocks(vocab, cfg)
+    if data == "wikitext2":
+        from transformers import AutoTokenizer
+
+        from labkit.models import EMBEDDED_CAUSAL_LMS, _canonical, _smollm2_folder
+        from labkit.lm.perplexity import wikitext_blocks
+
+        source = str(_smollm2_folder()) if _canonical(model) in EMBEDDED_CAUSAL_LMS else model
+        return wikitext_blocks(AutoTokenizer.from_pretrained(source), "validation", seq_len)
+    from safetensors.torch import load_file
+
+    ids = load_file(data)["input_ids"].long()
+    if ids.shape[1] < seq_len:
+        raise ValueError(f"--data {data}: blocks of {ids.shape[1]} tokens are shorter than --seq-lens {seq_len}")
+    return ids[:, :seq_len].contiguous()
+
+
+def _predicted(model, cfg, world_size: int, mode: str) -> dict:
+    from labkit.train.memory_model import GIB, ModelShape, TrainSetup, predicted_training_peak, training_breakdown
+
+    shape = ModelShape.from_config(model.config)
+    setup = TrainSetup(world_size=world_size, batch_per_gpu=cfg.global_batch // world_size,
+                       compute_bytes=2 if cfg.compute_dtype in (None, "bfloat16") else 4,
+                       checkpointing=cfg.checkpointing, frozen_embeddings=cfg.freeze_embeddings,
+                       qat_ff_activations=mode == "qat-w8a8")
+    parts = training_breakdown(shape, cfg.seq_len, setup)
+    return {"predicted_gib": round(predicted_training_peak(shape, cfg.seq_len, setup) / GIB, 3),
+            "predicted_parts_gib": {k: round(v / GIB, 3) for k, v in parts.items()}}
+
+
+def run(args) -> dict:
+    """Run every (mode, sequence length); rank 0 writes the results. Exits non-zero if a run failed."""
+    from labkit.results.files import write_json
+    from labkit.measure.memory import is_memory_error
+    from labkit.env import provenance
+    from labkit.train import fsdp_qat as fq
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    s = validate(args, world)                         # before any model loads
+    if not s["cuda"]:
+        os.environ["LABKIT_FSDP_DEVICE"] = "cpu"
+    env = fq.init_distributed()
+    command = _command(args)
+    out, log = s["out"], s["out"].with_suffix(".jsonl")
+    result = {"experiment": EXPERIMENT, "provenance": provenance(command), "status": "running",
+              "world_size": env.world_size, "seed": args.seed, "settings": {k: str(v) if isinstance(v, Path) else v
+                                                                           for k, v in s.items()},
+              "runs": [], "notes": []}
+    if s["random"]:
+        result["notes"].append(f"{args.model}: random weights, for speed and memory only (losses mean nothing)")
+    started = time.perf_counter()
+
+    def say(msg: str) -> None:
+        if env.is_main:
+            print(f"[{EXPERIMENT} {time.perf_counter() - started:6.1f} s] {msg}", flush=True)
+
+    def save(status: str = "running") -> None:
+        if env.is_main:
+            result["status"], result["elapsed_s"] = status, round(time.perf_counter() - started, 1)
+            write_json(out, result)
+
+    if s["random"]:
+        say(f"{args.model}: random weights, for speed and memory only")
+    say(f"{env.world_size} process(es) on {env.device.type}; writing {out}")
+    save()
+    failed = False
+    for mode in s["modes"]:
+        for seq in s["seq_lens"]:
+            cfg = fq.TrainConfig(model=args.model, random_weights=args.random_weights, num_layers=args.num_layers,
+                                 qat=mode != "plain", layers=LAYER_PRESETS.get(args.layers, args.layers),
+                                 activations=MODES[mode], seq_len=seq, global_batch=s["global_batch"],
+                                 steps=s["steps"], lr=s["lr"], seed=args.seed,
+                                 checkpointing=not args.no_checkpointing, attention=s["attention"],
+                                 compile_fake_quant=args.compile_fake_quant)
+            row = {"mode": mode, "seq_len": seq, "config": cfg.as_dict(), "status": "running", "steps": []}
+            result["runs"].append(row)
+            try:
+                _one_run(cfg, mode, args, s, env, row, log, say)
+            except Exception as err:  # noqa: BLE001 - a failed run is recorded; OOM is a data point
+                row["status"] = "oom" if is_memory_error(err) else "error"
+                row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+                failed |= row["status"] == "error"
+                say(f"{mode} @ {seq}: {row['status'].upper()} {row['error']}")
+                _release(env)
+                save()
+                break
+            save()
+    _summarise(result)
+    save("failed" if failed else "complete")
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+    if failed:
+        raise SystemExit(1)
+    return result
+
+
+def _one_run(cfg, mode: str, args, s: dict, env, row: dict, log: Path, say) -> None:
+    from labkit.results.files import append_jsonl
+    from labkit.train import checkpoint as ck
+    from labkit.train import fsdp_qat as fq
+
+    fq.check_config(cfg, env.world_size)
+    if env.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(env.device)
+    t0 = time.perf_counter()
+    model = fq.build_model(cfg, env.device)
+    fq.shard_model(model, cfg, env.device)
+    row["build_s"] = round(time.perf_counter() - t0, 1)
+    blocks = _blocks(s["data"], args.model, cfg.seq_len, model.config.vocab_size, cfg)
+    row.update(_predicted(model, cfg, env.world_size, mode), data=s["data"], blocks=len(blocks),
+               parameters=_param_count(model))
+    optimizer = fq.make_optimizer(model, cfg)
+    start = 0
+    if args.resume:
+        start = ck.load_checkpoint(args.checkpoint_dir, model, optimizer)["step"]
+        row["resumed_from"] = start
+        say(f"resumed from {args.checkpoint_dir} at step {start}")
+    stop = args.stop_after or cfg.steps
+    say(f"{mode} @ {cfg.seq_len} tokens x {cfg.global_batch}: steps {start}..{stop - 1} "
+        f"(model {row['parameters'] / 1e9:.3f} B params, predicted peak {row['predicted_gib']:.1f} GiB/GPU)")
+
+    def on_step(rec) -> None:
+        if env.is_main:
+            d = {"mode": mode, "seq_len": cfg.seq_len, **rec.as_dict()}
+            row["steps"].append(d)
+            append_jsonl(log, d)
+            print(f"  step {rec.step:4d} loss {rec.loss:.4f} {rec.tokens_per_s:10.0f} tok/s "
+                  f"peak {rec.peak_gib if rec.peak_gib is not None else float('nan'):.2f} GiB", flush=True)
+        if args.checkpoint_dir and args.checkpoint_every and (rec.step + 1) % args.checkpoint_every == 0:
+            ck.save_checkpoint(args.checkpoint_dir, model, optimizer, rec.step + 1)
+
+    fq.train(model, blocks, cfg, env, start_step=start, stop_step=stop, optimizer=optimizer, on_step=on_step)
+    if args.checkpoint_dir and not args.checkpoint_every:
+        ck.save_checkpoint(args.checkpoint_dir, model, optimizer, stop)
+    row["status"] = "ok"
+    if args.export_int8:
+        say(f"gathering, converting to INT8 and saving to {args.export_int8}")
+        t1 = time.perf_counter()
+        row["export"] = ck.export_int8(model, cfg, env, args.export_int8, sample=blocks[:1])
+        row["export"]["seconds"] = round(time.perf_counter() - t1, 1)
+    del model, optimizer
+    _release(env)
+
+
+def _param_count(model) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def _release(env) -> None:
+    import gc
+
+    gc.collect()
+    if env.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _summarise(result: dict) -> None:
+    """Per run: median tokens/s after the warm-up steps, peak memory, measured / predicted."""
+    import statistics
+
+    for row in result["runs"]:
+        steps = row.get("steps") or []
+        if not steps:
+            continue
+        timed = steps[2:] if len(steps) > 3 else steps[1:] or steps
+        row["tokens_per_s"] = round(statistics.median(r["tokens_per_s"] for r in timed), 1)
+        row["losses"] = [r["loss"] for r in steps]
+        peaks = [r["peak_gib"] for r in steps if r["peak_gib"] is not None]
+        if peaks:
+            row["peak_gib"] = round(max(peaks), 3)
+            row["measured_over_predicted"] = round(row["peak_gib"] / row["predicted_gib"], 3)
+    ok = {}
+    for row in result["runs"]:
+        if row["status"] == "ok":
+            ok[row["mode"]] = max(ok.get(row["mode"], 0), row["seq_len"])
+    result["longest_seq_trained"] = ok
+
+
+def _command(args) -> str:
+    """The one command that made this file, as typed (through `labkit.bench` or this module directly)."""
+    nproc = os.environ.get("WORLD_SIZE", "1")
+    argv = list(getattr(args, "argv", None) or sys.argv[1:])
+    if getattr(args, "experiment", None):        # labkit.cli: argv starts with the experiment's name
+        entry, argv = "labkit.bench", argv
+    else:
+        entry = f"labkit.experiments.{EXPERIMENT}"
+    return f"torchrun --nproc-per-node {nproc} -m {entry} " + " ".join(shlex.quote(a) for a in argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"torchrun -m labkit.experiments.{EXPERIMENT}",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=("quick", "full"), default=None)
+    parser.add_argument("--out", default=None, help=f"result file (default: build/{EXPERIMENT}/...)")
+    add_arguments(parser)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

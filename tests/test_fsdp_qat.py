@@ -1,0 +1,189 @@
+"""FSDP2 QAT on a CPU over gloo: 2 processes train exactly like 1, checkpoints resume, INT8 export reloads.
+
+The 1-process run runs in the test process, the 2-process runs as `torchrun` subprocesses on 127.0.0.1 with a
+free port (fp32, a 2-layer random Llama on counting data); everything else is argument checking and the training memory model, which need no process group.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+
+TINY = ["--model", "tiny-llama", "--seq-lens", "32", "--global-batch", "4", "--steps", "6", "--lr", "1e-2"]
+
+
+def _in_process(out: Path, *extra: str) -> dict:
+    """The 1-process run, in this process (torch is already imported: saves a launch on a busy CPU)."""
+    from labkit.experiments.hybrid_qat_fsdp import main
+
+    saved = dict(os.environ)
+    os.environ["LABKIT_FSDP_DEVICE"] = "cpu"
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        os.environ.pop(key, None)
+    try:
+        main(["--profile", "quick", *TINY, "--out", str(out), *extra])
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return json.loads(out.read_text())
+
+
+def _torchrun(nproc: int, out: Path, *extra: str) -> dict:
+    from labkit.experiments.hybrid_qat_fsdp_results import launch_cpu
+
+    return launch_cpu(nproc, ["--profile", "quick", *TINY, *extra], out, timeout_s=120)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    """One 1-process run; one 2-process run that stops at step 3 with a sharded checkpoint; its resume."""
+    from labkit.experiments.hybrid_qat_fsdp_results import counting_blocks
+
+    tmp = tmp_path_factory.mktemp("fsdp")
+    data = ["--data", str(counting_blocks(tmp / "counting.safetensors"))]
+    one = _in_process(tmp / "one.json", *data)
+    first = _torchrun(2, tmp / "first.json", *data, "--stop-after", "3", "--checkpoint-dir", str(tmp / "ck"))
+    resumed = _torchrun(2, tmp / "resumed.json", *data, "--resume", "--checkpoint-dir", str(tmp / "ck"),
+                        "--export-int8", str(tmp / "int8"))
+    return {"one": one, "first": first, "resumed": resumed, "tmp": tmp}
+
+
+def test_two_processes_match_one_and_resume(runs):
+    one = runs["one"]["runs"][0]["losses"]
+    two = runs["first"]["runs"][0]["losses"] + runs["resumed"]["runs"][0]["losses"]
+    assert len(one) == len(two) == 6
+    assert runs["first"]["world_size"] == 2 and runs["one"]["world_size"] == 1
+    assert runs["resumed"]["runs"][0]["resumed_from"] == 3
+    assert one[-1] < one[0] - 0.05, f"the loss must go down for the comparison to mean anything: {one}"
+    for a, b in zip(one, two):
+        assert abs(a - b) / a < 2e-3, (one, two)  # fp32; fake-quant rounding flips amplify the last bits
+
+
+def test_result_file_has_provenance_and_jsonl(runs):
+    res = runs["one"]
+    assert res["status"] == "complete" and res["seed"] == 0
+    assert "hybrid_qat_fsdp" in res["provenance"]["command"] and res["provenance"]["date"]
+    assert "random weights, for speed and memory only" in " ".join(res["notes"])
+    assert res["runs"][0]["data"].endswith("counting.safetensors")
+    lines = (runs["tmp"] / "one.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == list(range(6))
+
+
+def test_int8_export_reloads_on_one_process(runs):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from labkit.quant.io import load_quantized
+
+    info = runs["resumed"]["runs"][0]["export"]
+    assert info["int8_layers"] == 6  # 2 layers x gate/up/down
+    folder = Path(info["folder"])
+    config = AutoConfig.from_pretrained(folder)
+    model = load_quantized(folder, lambda: AutoModelForCausalLM.from_config(config, dtype=torch.float32))
+    ids = torch.randint(0, config.vocab_size, (1, 32), generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(model(input_ids=ids).logits).all()
+    assert type(model.model.layers[0].mlp.up_proj.weight).__name__ != "Parameter"
+
+
+def _args(**kw) -> Namespace:
+    base = dict(model="tiny-llama", random_weights=False, num_layers=None, modes="qat-w8a8", layers="feed-forward",
+                seq_lens="32", steps=2, global_batch=2, lr=None, seed=0, data="auto", attention=None,
+                no_checkpointing=False, checkpoint_dir=None, checkpoint_every=0, resume=False, stop_after=None,
+                export_int8=None, write_reference=False, profile="quick", out=None)
+    return Namespace(**{**base, **kw})
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"modes": "qat-w4"}, "--modes"),
+    ({"global_batch": 3}, "multiple"),
+    ({"model": "not-a-model"}, "--model"),
+    ({"random_weights": True, "model": "org/x"}, "--random-weights"),
+    ({"resume": True}, "--checkpoint-dir"),
+    ({"export_int8": "x", "modes": "plain"}, "QAT mode"),
+    ({"out": "data/reference/x.json"}, "--write-reference"),
+    ({"data": "wikitext2"}, "tokenizer"),
+])
+def test_bad_arguments_are_refused_before_loading(kw, words):
+    from labkit.experiments.hybrid_qat_fsdp import validate
+
+    with pytest.raises(ValueError, match=words):
+        validate(_args(**kw), world_size=2)
+
+
+def test_default_output_is_outside_the_references():
+    from labkit.experiments.hybrid_qat_fsdp import validate
+
+    s = validate(_args(), world_size=2)
+    assert "data/reference" not in str(s["out"]) and str(s["out"]).endswith("x2.json")
+    assert "data/reference" in str(validate(_args(write_reference=True), world_size=1)["out"])
+
+
+def test_training_memory_model_at_7b():
+    from labkit.train.memory_model import (GIB, ModelShape, TrainSetup, phase_peaks, predicted_training_peak,
+                                           training_breakdown)
+
+    shape = ModelShape.named("llama-2-7b")
+    one = training_breakdown(shape, 4096, TrainSetup(world_size=1, frozen_embeddings=False))
+    states = one["master_weights"] + one["gradients"] + one["optimizer"]
+    assert states == 16 * shape.parameters()  # fp32 master + fp32 grads + 2 AdamW moments
+    assert states / 1e9 > 80, "7B QAT states alone do not fit one 80 GB GPU"
+    two = predicted_training_peak(shape, 4096, TrainSetup(world_size=2, qat_ff_activations=True))
+    assert two / GIB < 0.6 * predicted_training_peak(shape, 4096, TrainSetup(world_size=1))
+    no_ckpt = phase_peaks(shape, 4096, TrainSetup(world_size=2, checkpointing=False))["backward"]
+    assert no_ckpt > phase_peaks(shape, 4096, TrainSetup(world_size=2))["backward"] + 20 * GIB
+    # short sequences peak in the optimizer step (foreach AdamW's temporary), long ones in the backward
+    assert max(phase_peaks(shape, 4096, TrainSetup(world_size=2)).items(), key=lambda kv: kv[1])[0] == "optimizer_step"
+    assert max(phase_peaks(shape, 65536, TrainSetup(world_size=2)).items(), key=lambda kv: kv[1])[0] == "backward"
+
+
+def test_memory_model_tracks_the_committed_measurements():
+    from labkit.experiments.hybrid_qat_fsdp_results import load_reference, modelled_peak_gib
+
+    ref = load_reference("h200x2")
+    if ref is None:
+        pytest.skip("no committed 2 x H200 reference")
+    runs = [(r, d["world_size"]) for d in ref["parts"].values() for r in d["runs"] if r.get("peak_gib")]
+    assert len(runs) >= 5
+    for run, world in runs:
+        ratio = run["peak_gib"] / modelled_peak_gib(run, world)
+        assert 0.9 <= ratio <= 1.1, (run["mode"], run["seq_len"], run["peak_gib"], ratio)
+
+
+def test_meta_built_model_trains_and_exports(tmp_path, monkeypatch):
+    """The 7B path (built on the meta device, shards filled after fully_shard), on a tiny shape in one process."""
+    import socket
+
+    import torch.distributed as dist
+
+    from labkit.quant.qat import qat_state
+    from labkit.train import checkpoint as ck
+    from labkit.train import fsdp_qat as fq
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                           LABKIT_FSDP_DEVICE="cpu").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(fq, "META_INIT_PARAMS", 0)
+    env = fq.init_distributed()
+    try:
+        cfg = fq.TrainConfig(model="tiny-llama", seq_len=16, global_batch=2, steps=2, lr=1e-3)
+        model = fq.build_model(cfg, env.device)
+        assert all(p.is_meta for p in model.parameters())
+        fq.shard_model(model, cfg, env.device)
+        assert not any(p.is_meta for p in model.parameters())
+        assert torch.isfinite(model.model.rotary_emb.inv_freq).all()
+        blocks = fq.random_blocks(256, cfg)
+        losses = [r.loss for r in fq.train(model, blocks, cfg, env)]
+        assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+        info = ck.export_int8(model, cfg, env, tmp_path / "int8", sample=blocks[:1])
+        assert info["int8_layers"] == 6 and math.isfinite(info["sample_loss"])
+        assert qat_state(model).layers  # the sharded model is still the prepared one
+    finally:
+        dist.destroy_process_group()
