@@ -250,3 +250,38 @@ def test_bad_arguments_are_refused_before_work_starts(argv, expected, in_tmp, ca
     err = _usage_error(capsys, [argv[0], "--profile", "quick", *argv[1:]])
     assert expected in err
     assert not (in_tmp / "runs").exists()
+
+
+def test_interrupted_hybrid_run_resumes_with_the_missing_variants(in_tmp, monkeypatch):
+    import labkit.experiments.hybrid.bench as bench
+    from labkit.experiments.hybrid import HybridResult
+
+    monkeypatch.setattr(bench, "load_causal_lm", lambda *a, **k: (object(), object()))
+    asked: list[tuple[str, ...]] = []
+
+    def variants_then_ctrl_c(stop_after):
+        def fake(cfg, model, tokenizer, on_row=None, **kw):
+            asked.append(cfg.variants)
+            res = HybridResult(config={}, selected=["x"])
+            for name in cfg.variants:
+                if len(res.rows) == stop_after:
+                    raise KeyboardInterrupt
+                res.rows.append({"variant": name, "method": "float", "ppl": 10.0, "prefill": []})
+                res.checks[name] = {"ok": True}
+                on_row(res.rows[-1], res)
+            return res
+        return fake
+
+    out = in_tmp / "h" / "result.json"
+    argv = ["hybrid", "--profile", "quick", "--shape", "none", "--no-sensitivity", "--out", str(out),
+            "--variants", "base,base-ft,ptq-w8a8,ft-ptq-w8a8"]
+    monkeypatch.setattr(bench, "run_hybrid", variants_then_ctrl_c(stop_after=3))
+    assert main(argv) == 130
+    assert [r["row"]["variant"] for r in read_jsonl(out.with_suffix(".jsonl"))] == ["base", "base-ft", "ptq-w8a8"]
+    monkeypatch.setattr(bench, "run_hybrid", variants_then_ctrl_c(stop_after=None))
+    assert main(argv + ["--resume"]) == 0
+    assert asked[-1] == ("base-ft", "ft-ptq-w8a8")  # base-ft is made again: ft-ptq quantizes its model
+    data = json.loads(out.read_text())
+    assert data["status"] == "complete"
+    assert [r["variant"] for r in data["rows"]] == ["base", "base-ft", "ptq-w8a8", "ft-ptq-w8a8"]
+    assert set(data["checks"]) == {"base", "base-ft", "ptq-w8a8", "ft-ptq-w8a8"}
