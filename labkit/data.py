@@ -69,17 +69,61 @@ def _split(spec: _Spec, split: str) -> str:
     return split
 
 
+class DataFormatError(ValueError):
+    """A dataset file that is not in the expected format: the message names the file, the line and the fix."""
+
+
+def _read_sst2(path: Path) -> dict[str, list]:
+    with open(path, encoding="utf-8") as fh:
+        header = fh.readline().rstrip("\n").split("\t")
+        missing = [c for c in ("sentence", "label") if c not in header]
+        if missing:
+            raise DataFormatError(f"{path}, line 1: the header {header!r} has no column {missing[0]!r}; an SST-2 "
+                                  "file starts with the tab-separated header `sentence<TAB>label`")
+        col = {c: i for i, c in enumerate(header)}
+        text, label = [], []
+        for number, line in enumerate(fh, start=2):
+            if not line.strip():
+                continue
+            cells = line.rstrip("\n").split("\t")
+            try:
+                text.append(cells[col["sentence"]])
+                label.append(int(cells[col["label"]]))
+            except (IndexError, ValueError):
+                raise DataFormatError(
+                    f"{path}, line {number}: expected {len(header)} tab-separated columns ({', '.join(header)}) "
+                    f"with an integer label, got {line.rstrip()[:80]!r}; the file may be cut short or edited: "
+                    "restore it from the lab's data copy") from None
+    return {"text": text, "label": label}
+
+
+def _read_imdb(path: Path) -> dict[str, list]:
+    text, label = [], []
+    number = 0
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            for number, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                record = json.loads(line)
+                text.append(record["text"])
+                label.append(int(record["label"]))
+    except (gzip.BadGzipFile, EOFError, OSError) as err:
+        where = f"line {number + 1}" if number else "its start"
+        raise DataFormatError(f"{path}, {where}: not a readable gzip file ({type(err).__name__}: {err}); IMDB files "
+                              "are gzip-compressed JSON lines (*.jsonl.gz): restore it from the lab's data copy"
+                              ) from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise DataFormatError(f"{path}, line {number}: not a JSON object with `text` and an integer `label` "
+                              f"({type(err).__name__}: {err}); restore the file from the lab's data copy") from None
+    return {"text": text, "label": label}
+
+
 def _read_folder(spec: _Spec, path: Path) -> dict[str, list]:
     if spec.folder == "sst2":
-        with open(path, encoding="utf-8") as fh:
-            header = fh.readline().rstrip("\n").split("\t")
-            rows = [line.rstrip("\n").split("\t") for line in fh if line.strip()]
-        col = {c: i for i, c in enumerate(header)}
-        return {"text": [r[col["sentence"]] for r in rows], "label": [int(r[col["label"]]) for r in rows]}
+        return _read_sst2(path)
     if spec.folder == "imdb":
-        with gzip.open(path, "rt", encoding="utf-8") as fh:
-            records = [json.loads(line) for line in fh if line.strip()]
-        return {"text": [r["text"] for r in records], "label": [int(r["label"]) for r in records]}
+        return _read_imdb(path)
     with open(path, encoding="utf-8") as fh:  # wikitext: one line a row, as the hub's dataset has it
         return {"text": fh.readlines()}
 

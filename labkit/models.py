@@ -229,6 +229,38 @@ def shape_config(shape: str, num_layers: int | None = None, **overrides):
     return LlamaConfig(**params)
 
 
+def meta_model(name: str, kind: str = "causal_lm") -> torch.nn.Module:
+    """`name`'s architecture on the meta device: its module names and shapes, no weights and no memory (a hub id
+    reads only its config). For checking arguments (layer patterns, lengths) before a run loads anything.
+
+    kind: "causal_lm" (a trained causal LM), "classifier", or "any_causal_lm" (a trained one or a shape).
+    An unknown name raises UnknownModelError listing the known ones."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    key = _canonical(name)
+    label = {"classifier": "classifier", "causal_lm": "causal LM"}.get(kind, "model")
+    if kind == "classifier":
+        known, cls, extra = list(EMBEDDED_CLASSIFIERS), AutoModelForSequenceClassification, {"num_labels": 2}
+        local = package_dir(EMBEDDED_CLASSIFIERS[key]) / "model" if key in EMBEDDED_CLASSIFIERS else None
+    else:
+        known = list(EMBEDDED_CAUSAL_LMS) + (list(SHAPES) if kind == "any_causal_lm" else [])
+        cls, extra, local = AutoModelForCausalLM, {}, None
+        if key in SHAPES and (key in EMBEDDED_CAUSAL_LMS or kind == "any_causal_lm"):
+            with torch.device("meta"):
+                return cls.from_config(shape_config(key))
+        if key in SHAPES:
+            raise UnknownModelError(f"{name!r} is a shape with random weights, not a trained model; trained causal "
+                                    f"LMs: {', '.join(EMBEDDED_CAUSAL_LMS)}, or a hub id")
+    if local is None and not _looks_like_hub_id(name):
+        raise _unknown(name, label, known)
+    try:
+        config = AutoConfig.from_pretrained(str(local or name), **extra)
+    except (OSError, ValueError) as err:
+        raise _unknown(name, label, known, err) from err
+    with torch.device("meta"):
+        return cls.from_config(config)
+
+
 def build_from_shape(
     shape: str,
     dtype: torch.dtype = torch.bfloat16,

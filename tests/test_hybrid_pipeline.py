@@ -132,13 +132,15 @@ def test_targets_from_rows():
     assert not hy.evaluate_targets(rows)[0]["met"]
 
 
-def test_bench_command_records_a_missing_model(tmp_path, monkeypatch):
+def test_bench_command_refuses_a_missing_model_before_writing_anything(tmp_path, monkeypatch, capsys):
+    """An unknown --model is a usage error (exit 2) before any work: no result file claims a complete run."""
     from labkit.cli import main
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "hybrid.json"
-    assert main(["hybrid", "--profile", "quick", "--model", "no-such-model", "--out", str(out)]) == 0
-    data = json.loads(out.read_text())
-    assert data["status"] == "complete" and data["provenance"]["device"] == "cpu"
-    assert data["errors"][0]["stage"] == "load" and "no-such-model" in data["errors"][0]["error"]
-    assert any("skipped" in n for n in data["notes"]) and data["rows"] == []
+    with pytest.raises(SystemExit) as exit_:
+        main(["hybrid", "--profile", "quick", "--model", "no-such-model", "--out", str(out)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--model 'no-such-model'" in err and "smollm2-135m" in err
+    assert not out.exists()

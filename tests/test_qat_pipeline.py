@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -57,16 +56,13 @@ def test_pipeline_produces_every_variant(result):
 @pytest.mark.slow
 def test_bench_writes_reference_json(result, tmp_path, monkeypatch):
     import labkit.experiments.qat_bert.pipeline as pipeline
-    from labkit.experiments.qat_bert import bench as qat
+    from labkit.cli import main
 
-    monkeypatch.setattr(pipeline, "run_qat_bert", lambda cfg: result)
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--profile")
-    parser.add_argument("--out")
-    qat.add_arguments(parser)
+    monkeypatch.setattr(pipeline, "run_qat_bert", lambda cfg, **kw: result)
     out = tmp_path / "qat_bert_cpu.json"
-    qat.run(parser.parse_args(["--profile", "quick", "--out", str(out), "--no-compile"]))
+    assert main(["qat", "--profile", "quick", "--out", str(out), "--no-compile"]) == 0
     data = json.loads(out.read_text())
+    assert data["status"] == "complete"
     assert {"device", "cpu", "threads", "versions", "date", "command"} <= set(data["provenance"])
     assert [r["variant"] for r in data["rows"]] == list(VARIANTS)
     for r in data["rows"]:

@@ -104,17 +104,19 @@ def test_attention_command_quick_writes_a_result_file(tmp_path, monkeypatch):
                         lambda spec, b, n, bs=1, **kw: measure_prefill(spec.build("cpu", b), n, None, bs, 1, 1))
     out = tmp_path / "attention_cpu.json"
     seen = []
-    real_append = sweep_mod.append_jsonl
-    monkeypatch.setattr(sweep_mod, "append_jsonl", lambda path, row: (real_append(path, row),
-                                                                      seen.append(len(read_jsonl(path)))))
-    main(["attention", "--profile", "quick", "--out", str(out), "--seq-lens", "16,32", "--no-kernels"])
+    import labkit.results.run as run_mod
+
+    real_append = run_mod.append_jsonl
+    monkeypatch.setattr(run_mod, "append_jsonl", lambda path, row: (real_append(path, row),
+                                                                    seen.append(len(read_jsonl(path)))))
+    assert main(["attention", "--profile", "quick", "--out", str(out), "--seq-lens", "16,32", "--no-kernels"]) == 0
     assert seen == list(range(1, 2 * len(SWEEP_ORDER) + 1))  # every backend x 2 lengths, on disk one by one
     data = json.loads(out.read_text())
     assert data["status"] == "complete" and data["provenance"]["versions"]["torch"]
     assert {"backend", "seq_len", "latency_ms", "peak_gib", "oom"} <= set(data["rows"][0])
     assert {r["backend"] for r in data["rows"]} >= {"eager", "sdpa", "fa2", "triton-fa2", "cudnn", "flash-attn"}
     assert data["memory_model"]["curves"]["seq_len"][0] == 16
-    assert not out.with_suffix(".jsonl").exists()  # complete: the JSON holds every row
+    assert [r["seq_len"] for r in read_jsonl(out.with_suffix(".jsonl"))] == [r["seq_len"] for r in data["rows"]]
 
 
 def _row(backend, n, ok=True, oom=False, latency=None, peak=None):

@@ -149,17 +149,25 @@ def bench_kernel(backend: str, batch: int, heads: int, seq_len: int, head_dim: i
 
 def kernel_sweep(backends: Iterable[str], seq_lens: Iterable[int], batch: int = 1, heads: int = 32,
                  head_dim: int = 128, causal: bool = True, dtype: torch.dtype | None = None,
-                 device: torch.device | str | None = None, progress: bool = True) -> list[dict]:
-    """`bench_kernel` for every backend and length (fewer repeats at long N)."""
+                 device: torch.device | str | None = None, progress: bool = True,
+                 on_row: Callable[[dict], None] | None = None, previous: Iterable[dict] = ()) -> list[dict]:
+    """`bench_kernel` for every backend and length (fewer repeats at long N). Each finished row goes to
+    `on_row`; rows in `previous` (an interrupted run's) are reused, not measured again."""
     from tqdm.auto import tqdm
 
     backends, seq_lens = list(backends), sorted(seq_lens)
+    done = {(r["backend"], r["seq_len"]): r for r in previous}
     rows = []
     with tqdm(total=len(backends) * len(seq_lens), desc="kernels", disable=not progress) as bar:
         for backend in backends:
             for n in seq_lens:
-                repeat = 20 if n <= 4096 else 10
-                rows.append(bench_kernel(backend, batch, heads, n, head_dim, causal, dtype, device, 3, repeat))
+                if (backend, n) in done:
+                    rows.append(done[(backend, n)])
+                else:
+                    repeat = 20 if n <= 4096 else 10
+                    rows.append(bench_kernel(backend, batch, heads, n, head_dim, causal, dtype, device, 3, repeat))
+                    if on_row is not None:
+                        on_row(rows[-1])
                 bar.update(1)
                 bar.set_postfix_str(f"{backend} N={n}")
     return rows
@@ -215,15 +223,18 @@ KERNEL_PROFILES = {
 
 
 def kernel_benchmark(profile: str, device: torch.device | str | None = None, backends: list[str] | None = None,
-                     progress: bool = True) -> dict:
-    """The kernel benchmark of a profile: config, rows and the plain-script check."""
+                     progress: bool = True, on_row: Callable[[dict], None] | None = None,
+                     previous: Iterable[dict] = ()) -> dict:
+    """The kernel benchmark of a profile: config, rows and the plain-script check (`on_row`, `previous`: as
+    `kernel_sweep`)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg = dict(KERNEL_PROFILES[profile])
     check = cfg.pop("check_seq_lens")
     seq_lens = cfg.pop("seq_lens")
     backends = backends or ["fa2", "triton-fa2", "sdpa", "cudnn", "flash-attn", "efficient", "eager"]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    rows = kernel_sweep(backends, seq_lens, dtype=dtype, device=device, progress=progress, causal=True, **cfg)
+    rows = kernel_sweep(backends, seq_lens, dtype=dtype, device=device, progress=progress, causal=True,
+                        on_row=on_row, previous=previous, **cfg)
     plain = harness_check(check, **cfg) if device.type == "cuda" else [
         dict(seq_len=n, harness_tflops=None, plain_tflops=None, ratio=None,
              error="unavailable: the plain-script check times FA2's CUDA kernel and needs an NVIDIA GPU")

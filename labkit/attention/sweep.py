@@ -138,6 +138,7 @@ def sweep(
     skip_after_failure: bool = True,
     cpu_budget_gib: float | None = None,
     verify: bool = False,
+    previous: Iterable[dict] = (),
 ) -> list[dict]:
     """Measure every (backend, N) point and return the rows (dicts of `Point`).
 
@@ -147,6 +148,7 @@ def sweep(
     cpu_budget_gib: on a CPU, points the memory model predicts above this are skipped (default: half the
         available RAM) so a sweep cannot swamp a shared machine.
     verify: profile one short forward per backend and store which kernel ran (`labkit.attention.verify_backend`).
+    previous: rows an interrupted sweep already measured (its JSONL): those points are not measured again.
     Unavailable backends give one skipped row per length with the reason. Rows are appended to `out` (JSONL)
     and passed to `on_point` as each point finishes.
     """
@@ -176,6 +178,7 @@ def sweep(
         cpu_budget_gib = psutil.virtual_memory().available / GIB / 2
     model_label = getattr(spec, "name", None) or getattr(config, "_name_or_path", "") or "model"
 
+    done = {(r["backend"], r["seq_len"]): r for r in previous}
     rows: list[dict] = []
     bar = tqdm(total=len(backends) * len(seq_lens), desc="sweep", disable=not progress, leave=True)
 
@@ -192,7 +195,8 @@ def sweep(
 
     live_model = built
     for backend in backends:
-        reason = unavailable_reason(backend, device, dtype)
+        todo = [n for n in seq_lens if (backend, n) not in done]
+        reason = unavailable_reason(backend, device, dtype) if todo else "already measured"
         stop: str | None = None  # why longer lengths of this backend are not run
         evidence: dict | None = None
         if reason is None and not isolate:
@@ -207,6 +211,15 @@ def sweep(
             except Exception as err:  # noqa: BLE001
                 reason = f"could not be selected: {error_text(err)}"
         for n in seq_lens:
+            if (backend, n) in done:  # measured by the run this one resumes
+                row = done[(backend, n)]
+                rows.append(row)
+                bar.update(1)
+                if not row["ok"] and not row.get("skipped"):
+                    stop = f"{'out of memory' if row.get('oom') else 'failed'} at N={n}"
+                elif row.get("skipped") and row.get("error", "").startswith("not run"):
+                    stop = row["error"].removeprefix("not run: ")
+                continue
             base = dict(backend=backend, seq_len=n, batch_size=batch_size, device=str(device), model=model_label,
                         dtype=str(dtype).removeprefix("torch."))
             if reason is not None:

@@ -4,10 +4,10 @@
            the kernel benchmark and its plain-script check; about 3-5 minutes on an H100.
     quick  (CPU or GPU) tiny-llama, N = 64, 128, 256: the same code path in about a minute.
 
-Writes data/reference/attention_<device>.json (device: "cpu" or a GPU slug such as "h100") with provenance,
-`rows` (backend, seq_len, latency_ms, peak_gib, oom, ...), `kernels`, the memory model and the backend status.
-Each finished point is appended to <out>.jsonl and the JSON (status "running") is rewritten, so an interrupted
-run keeps what it measured; the JSONL is removed once the JSON is complete.
+Writes a run folder runs/attention_<device>_<time>/ (device: "cpu" or a GPU slug such as "h100"): result.json
+with provenance, `rows` (backend, seq_len, latency_ms, peak_gib, oom, ...), `kernels`, the memory model and the
+backend status; result.jsonl with each finished point, appended as it happens (`--resume` continues from it).
+`--update-reference` copies a complete full-profile run to data/reference/attention_<device>.json.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from labkit.attention.memory_model import GIB, ModelShape, memory_curves, predic
 from labkit.attention.sweep import ModelSpec, sweep
 from labkit.env import get_profile, provenance
 from labkit.measure.memory import device_memory_gib, release_memory
-from labkit.results.files import command_line, default_out, device_slug, write_json
+from labkit.models import EMBEDDED_CAUSAL_LMS, SHAPES
+from labkit.results.files import command_line, device_slug
+from labkit.results.run import Run, check_run_options, publish
 
 # the fast ones first, eager (which OOMs) last
 SWEEP_ORDER = ("fa2", "triton-fa2", "sdpa", "cudnn", "flash-attn", "eager")
@@ -34,50 +36,50 @@ PROFILES = {
 }
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--model", default=None, help="shape or embedded model (default: by profile)")
-    parser.add_argument("--backends", default=None, help="comma-separated (default: every backend, "
-                        "unavailable ones recorded with their reason)")
-    parser.add_argument("--seq-lens", default=None, help="comma-separated sequence lengths (default: by profile)")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--dtype", default=None, help="bfloat16, float16 or float32 (default: by profile)")
-    parser.add_argument("--no-kernels", action="store_true", help="skip the kernel benchmark")
-    parser.add_argument("--no-verify", action="store_true", help="skip the profiler check of the kernel")
-
-
-def run(args) -> dict:
-    """Run the sweep (+ kernel benchmark) of a profile and write the result file; returns its content."""
+def check(args) -> None:
+    """Every argument, before any model loads: sets args.cfg, args.backend_list, args.device, args.paths."""
     profile = args.profile or get_profile()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if profile == "full" and device.type != "cuda":
-        raise SystemExit("the full attention profile (llama-2-7b shape, up to 32k tokens) needs an NVIDIA GPU; "
-                         "on a CPU run `python -m labkit.bench attention --profile quick`.")
-    cfg = dict(PROFILES[profile])
-    if getattr(args, "model", None):
-        cfg["model"] = args.model
-    if getattr(args, "seq_lens", None):
-        cfg["seq_lens"] = [int(n) for n in args.seq_lens.split(",")]
-    if getattr(args, "batch_size", None):
-        cfg["batch_size"] = args.batch_size
-    if getattr(args, "dtype", None):
-        cfg["dtype"] = args.dtype
-    backends = args.backends.split(",") if getattr(args, "backends", None) else [
+        raise ValueError("--profile full: the full attention profile (llama-2-7b shape, up to 32k tokens) needs an "
+                         "NVIDIA GPU; on a CPU use --profile quick")
+    cfg = dict(PROFILES[profile], profile=profile)
+    for key in ("model", "seq_lens", "batch_size", "dtype"):
+        if getattr(args, key, None):
+            cfg[key] = list(getattr(args, key)) if key == "seq_lens" else getattr(args, key)
+    if cfg["model"] not in SHAPES and cfg["model"] not in EMBEDDED_CAUSAL_LMS:
+        raise ValueError(f"--model {cfg['model']!r}: not a model this sweep can build; use one of "
+                         f"{', '.join([*SHAPES, *EMBEDDED_CAUSAL_LMS])}")
+    context = SHAPES[cfg["model"]].get("max_position_embeddings")
+    trained = cfg["model"] in EMBEDDED_CAUSAL_LMS
+    if trained and context and max(cfg["seq_lens"]) > context and not args.allow_beyond_context:
+        raise ValueError(f"--seq-lens {max(cfg['seq_lens'])}: longer than {cfg['model']}'s context of {context} "
+                         "tokens; use shorter lengths or add --allow-beyond-context")
+    backends = list(args.backends) if getattr(args, "backends", None) else [
         b for b in SWEEP_ORDER if BACKENDS[b].in_sweep]
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise ValueError(f"--backends {','.join(backends)}: unknown backend {unknown[0]!r}; "
+                         f"choose from {', '.join(BACKENDS)}")
+    check_run_options(args, "attention", device_slug(device), profile)
+    args.cfg, args.backend_list, args.device = cfg, backends, device
+
+
+def run(args) -> dict:
+    """Run the sweep (+ kernel benchmark) into the run's files; returns the result (with its status)."""
+    if not hasattr(args, "cfg"):
+        check(args)
+    cfg, backends, device, profile = args.cfg, args.backend_list, args.device, args.cfg["profile"]
     spec = ModelSpec(cfg["model"], cfg["dtype"])
-    out = Path(args.out) if args.out else default_out("attention", device)
-    jsonl = out.with_suffix(".jsonl")
-    jsonl.unlink(missing_ok=True)
     capacity, capacity_label = device_memory_gib(device)
     shape = ModelShape.named(cfg["model"])
     dtype = spec.torch_dtype(device)
     grid = sorted({*cfg["seq_lens"], *[int(2 ** (k / 4)) for k in range(4 * 6, 4 * 15 + 1)]})
     grid = [n for n in grid if min(cfg["seq_lens"]) <= n <= max(cfg["seq_lens"])]
-    command = command_line(getattr(args, "argv", None))
     result = {
-        "provenance": provenance(command),
+        "provenance": provenance(command_line(getattr(args, "argv", None))),
         "experiment": "attention",
-        "status": "running",
-        "config": {**cfg, "dtype": str(dtype).removeprefix("torch."), "backends": backends, "profile": profile,
+        "config": {**cfg, "dtype": str(dtype).removeprefix("torch."), "backends": backends,
                    "measured": "model(input_ids, use_cache=False, logits_to_keep=1): full forward (prefill), "
                                "no KV cache kept, logits of the last token only; random token ids",
                    "weights": "random (same shapes, kernels, speed and memory as the trained model)"
@@ -90,36 +92,42 @@ def run(args) -> dict:
                          "dtype": str(dtype).removeprefix("torch."),
                          "curves": memory_curves(shape, grid, cfg["batch_size"], dtype)},
     }
-    write_json(out, result)
+    run_ = Run(result, *args.paths, resume=args.resume)
 
     def on_point(row: dict) -> None:
         result["rows"].append(row)
-        write_json(out, result)
+        run_.record("point", row)
         status = "ok" if row["ok"] else "OOM" if row["oom"] else "skipped" if row["skipped"] else "FAILED"
         mem = f"{row['peak_gib']:.2f} GiB" if row.get("peak_gib") is not None else "-"
         lat = f"{row['latency_ms']:.1f} ms" if row.get("latency_ms") is not None else "-"
         print(f"  {row['backend']:<10} N={row['seq_len']:<6} {status:<7} {lat:>12} {mem:>11}"
               + (f"  {row['error'][:90]}" if row.get("error") and not row["ok"] else ""), flush=True)
 
-    if not getattr(args, "no_kernels", False):
-        # first, in a process the profiler has not touched yet (the sweep's kernel check uses it)
-        print("kernel benchmark (attention alone) ...", flush=True)
-        result["kernels"] = kernel_benchmark(profile, device, progress=True)
-        for r in result["kernels"]["rows"]:
-            status = f"{r['ms']:.3f} ms  {r['tflops']:.3g} TFLOP/s" if r["ok"] else (r["error"] or "")[:90]
-            print(f"  {r['backend']:<10} N={r['seq_len']:<6} {status}")
-        for c in result["kernels"]["plain_script_check"]:
-            print(f"  plain-script check N={c['seq_len']}: harness/plain = {c['ratio']}  {c['error'] or ''}")
-        write_json(out, result)
-        release_memory(device)
-    print(f"attention sweep ({profile}): {cfg['model']} {result['config']['dtype']} batch {cfg['batch_size']} on "
-          f"{device_slug(device)}, N={cfg['seq_lens']}, backends={backends}; writing {out}", flush=True)
-    sweep(spec, backends, cfg["seq_lens"], cfg["batch_size"], device=device, out=jsonl, on_point=on_point,
-          progress=False, verify=device.type == "cuda" and not getattr(args, "no_verify", False))
-    result["status"] = "complete"
-    write_json(out, result)
-    jsonl.unlink(missing_ok=True)  # everything is in the JSON now; the JSONL only matters for an interrupted run
-    print(f"wrote {out}", flush=True)
+    with run_:
+        if not getattr(args, "no_kernels", False):
+            # first, in a process the profiler has not touched yet (the sweep's kernel check uses it)
+            print("kernel benchmark (attention alone) ...", flush=True)
+            result["kernels"] = kernel_benchmark(profile, device, progress=True, previous=run_.recorded("kernel"),
+                                                 on_row=lambda row: run_.record("kernel", row))
+            for r in result["kernels"]["rows"]:
+                status = f"{r['ms']:.3f} ms  {r['tflops']:.3g} TFLOP/s" if r["ok"] else (r["error"] or "")[:90]
+                print(f"  {r['backend']:<10} N={r['seq_len']:<6} {status}")
+            for c in result["kernels"]["plain_script_check"]:
+                print(f"  plain-script check N={c['seq_len']}: harness/plain = {c['ratio']}  {c['error'] or ''}")
+            run_.save()
+            release_memory(device)
+        print(f"attention sweep ({profile}): {cfg['model']} {result['config']['dtype']} batch {cfg['batch_size']} "
+              f"on {device_slug(device)}, N={cfg['seq_lens']}, backends={backends}; writing {run_.json_path}",
+              flush=True)
+        previous = run_.recorded("point")
+        result["rows"] = list(previous)
+        sweep(spec, backends, cfg["seq_lens"], cfg["batch_size"], device=device, on_point=on_point,
+              progress=False, verify=device.type == "cuda" and not getattr(args, "no_verify", False),
+              previous=previous)
+        if not any(r["ok"] for r in result["rows"]):
+            errors = sorted({r["error"] for r in result["rows"] if r.get("error")})
+            run_.fail("no point was measured" + (f": {errors[0]}" if errors else ""))
+    publish(run_, args, "attention", device_slug(device))
     return result
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from labkit.results.files import REFERENCE_DIR
 
+COMMANDS = {"qat_bert": "qat"}  # experiment -> its `python -m labkit.bench` name, where they differ
+
 
 def reference_dir() -> Path:
     """Where committed results are read from: `$LABKIT_REFERENCE_DIR` if set, else data/reference of the
@@ -76,7 +78,9 @@ def load_reference(experiment: str, device: str | None = None, *, gpu_only: bool
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as err:
-            return None, f"{path} could not be read ({err}); regenerate it with `python -m labkit.bench {experiment}`"
+            return None, (f"{path} could not be read ({err}); regenerate it with "
+                          f"`python -m labkit.bench {COMMANDS.get(experiment, experiment)} --profile full "
+                          "--update-reference`")
         if gpu_only and data.get("provenance", {}).get("device") != "cuda":
             continue
         ok, why = is_reference(data)
@@ -90,7 +94,8 @@ def load_reference(experiment: str, device: str | None = None, *, gpu_only: bool
         where = f"`{pattern}`" + (" from a GPU" if gpu_only else "")
         return None, (f"no committed full-profile result {where} in {directory} yet"
                       + (f" (not references: {', '.join(skipped)})" if skipped else "")
-                      + f". It is written by `python -m labkit.bench {experiment} --profile full`"
+                      + f". It is written by `python -m labkit.bench {COMMANDS.get(experiment, experiment)} "
+                        "--profile full --update-reference`"
                       + (" on an NVIDIA GPU." if gpu_only else "."))
     _, path, data = max(found, key=lambda t: t[0])
     return data, f"loaded {path.name}"

@@ -26,6 +26,7 @@ from torch import nn
 from labkit.models import parameter_count
 from labkit.quant.selection import EmptySelectionError
 from labkit.quant.sensitivity import FEED_FORWARD_ROLES, ROLES, describe_linears, least_sensitive
+from labkit.widgets.choices import ChoiceDropdown
 
 FEED_FORWARD = "feed-forward only"
 ALL_LINEAR = "all linear"
@@ -54,7 +55,7 @@ class LayerPicker(widgets.VBox):
         self._syncing = False
         self._message = ""
 
-        self.preset = widgets.Dropdown(options=list(PRESETS) + [CUSTOM], value=FEED_FORWARD, description="preset")
+        self.preset = ChoiceDropdown(options=list(PRESETS) + [CUSTOM], value=FEED_FORWARD, description="preset")
         self.percent = widgets.IntSlider(value=percent, min=1, max=100, step=1, description="N %",
                                          continuous_update=False)
         self.filter = widgets.Text(value="", description="name filter",
@@ -108,7 +109,7 @@ class LayerPicker(widgets.VBox):
 
     def _check_preset_name(self, preset: str) -> None:
         if preset not in PRESETS and preset != CUSTOM:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)} (or {CUSTOM})")
 
     def preset_layers(self, preset: str) -> list[str]:
         """The names a preset selects (before the filter). Tied heads are never part of a preset."""

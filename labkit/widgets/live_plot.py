@@ -153,6 +153,7 @@ class LiveSweepPlot:
 
         from labkit.attention import BACKENDS, available_backends, backend_status
         from labkit.models import EMBEDDED_CAUSAL_LMS, SHAPES
+        from labkit.widgets.choices import ChoiceDropdown, ChoiceSelectMultiple
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = dtype
@@ -171,13 +172,13 @@ class LiveSweepPlot:
         options = [(name if status[name] == "available" else f"{name} (unavailable here)", name)
                    for name in BACKENDS]
         chosen = list(backends) if backends is not None else available_backends(self.device)
-        self.backends_select = widgets.SelectMultiple(options=options, value=tuple(chosen), rows=len(options),
-                                                      description="backends")
+        self.backends_select = ChoiceSelectMultiple(options=options, value=tuple(chosen), rows=len(options),
+                                                    description="backends")
         self.lengths_text = widgets.Text(value=",".join(str(n) for n in seq_lens), description="lengths N",
                                          placeholder="e.g. 512,1024,2048")
         self.batch_size_input = widgets.BoundedIntText(value=batch_size, min=1, max=256, description="batch")
         models = list(dict.fromkeys([model, *SHAPES, *EMBEDDED_CAUSAL_LMS]))
-        self.model_dropdown = widgets.Dropdown(options=models, value=model, description="model")
+        self.model_dropdown = ChoiceDropdown(options=models, value=model, description="model")
         self.run_button = widgets.Button(description="Run sweep", button_style="primary", icon="play")
         self.status = widgets.HTML(value=self._unavailable_note(status))
         self.progress = widgets.Output()

@@ -11,84 +11,107 @@ Two parts, each optional:
 
 Profiles: full on a GPU (the real experiment, a few minutes on an H100); full on a CPU (reduced: shorter
 blocks, fewer steps, no weight-only QAT, sensitivity on 4 blocks; about 15-25 minutes on 2 busy cores);
-quick (a smoke run, ~3 minutes on 2 cores). The result file data/reference/hybrid_<device>.json is rewritten
-after every measurement (status "running" until the end), so an interrupted run keeps what it measured.
+quick (a smoke run, ~3 minutes on 2 cores). A run writes its folder runs/hybrid_<device>_<time>/: result.json
+(status "running" until the end) and result.jsonl with each finished measurement, so an interrupted run keeps
+what it measured and `--resume` continues it. `--update-reference` copies a complete full-profile run to
+data/reference/hybrid_<device>.json.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import re
 import time
-import traceback
-from pathlib import Path
+from dataclasses import replace
 
 import torch
 
 from labkit.env import get_profile, provenance
-from labkit.experiments.hybrid.config import FEED_FORWARD, HybridConfig
+from labkit.experiments.hybrid.config import FEED_FORWARD, VARIANTS, HybridConfig
 from labkit.experiments.hybrid.pipeline import run_hybrid
-from labkit.experiments.hybrid.shape import shape_benchmark
+from labkit.experiments.hybrid.shape import SHAPE_MODES, shape_benchmark
 from labkit.experiments.hybrid.targets import evaluate_targets, latency_effect
 from labkit.lm.perplexity import wikitext_blocks
-from labkit.measure.memory import release_memory
-from labkit.models import load_causal_lm
+from labkit.measure.memory import error_text, release_memory
+from labkit.models import SHAPES, UnknownModelError, load_causal_lm, meta_model
+from labkit.quant.selection import EmptySelectionError, resolve_layers
 from labkit.quant.sensitivity import describe_linears, layer_sensitivity
-from labkit.results.files import command_line, default_out, write_json
+from labkit.results.files import command_line, device_slug
+from labkit.results.run import Run, check_run_options, publish
 
 SENSITIVITY_BLOCKS_CPU = (0, 10, 20, 29)  # full profile on a CPU
 SENSITIVITY_BLOCKS_QUICK = (0, 29)
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--model", default="smollm2-135m",
-                        help="trained causal LM (embedded name or hub id/folder); 'none' skips this part")
-    parser.add_argument("--layers", default="feed-forward",
-                        help="layers to quantize: 'feed-forward' (gate/up/down, the default), 'all-linear' (every "
-                             "Linear in the blocks; the head stays float, it is tied to the embedding on SmolLM2), "
-                             "or a regular expression on module names")
-    parser.add_argument("--variants", default=None, help="comma-separated subset of base,base-ft,ptq-w8,ptq-w8a8,"
-                        "ft-ptq-w8,ft-ptq-w8a8,qat-w8,qat-w8a8 (default: by profile)")
-    parser.add_argument("--steps", type=int, default=None, help="fine-tune steps (base-ft and QAT alike)")
-    parser.add_argument("--lr", type=float, default=None, help="fine-tune learning rate")
-    parser.add_argument("--seq-len", type=int, default=None, help="block length for perplexity and fine-tuning")
-    parser.add_argument("--eval-blocks", type=int, default=None,
-                        help="test blocks for perplexity (default: by profile)")
-    parser.add_argument("--prefill-lens", default=None, help="comma-separated prefill lengths (trained model)")
-    parser.add_argument("--no-sensitivity", action="store_true", help="skip the per-layer sensitivity table")
-    parser.add_argument("--shape", default="llama-2-7b",
-                        help="random-weight shape for the speed/memory part (GPU only); 'none' skips it")
-    parser.add_argument("--shape-lens", default="8192,32768", help="comma-separated prefill lengths for the shape")
-    parser.add_argument("--shape-modes", default="bf16,w8,w8a8",
-                        help="comma-separated: bf16,w8,w8a8,w8-labkit (INT8 on labkit's Triton kernel),fp8 (FP8 "
-                             "row-wise, GPUs >= 8.9)")
-
-
-def _ints(text: str | None) -> tuple[int, ...] | None:
-    return tuple(int(x) for x in text.split(",") if x.strip()) if text else None
+LAYER_PRESETS = {"feed-forward": FEED_FORWARD, "all-linear": r"\.layers\.\d+\."}
 
 
 def _layers(text: str):
-    return {"feed-forward": FEED_FORWARD, "all-linear": r"\.layers\.\d+\."}.get(text, text)
+    return LAYER_PRESETS.get(text, text)
+
+
+def _check_layers(model, pattern: str, what: str) -> None:
+    try:
+        resolve_layers(model, _layers(pattern))
+    except (EmptySelectionError, re.error) as err:
+        example = next((n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)), "")
+        raise ValueError(f"--layers {pattern!r} selects no Linear layer of {what} ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:200]}); use 'feed-forward', 'all-linear' or a regular expression "
+                         f"on module names such as {example!r}") from None
+
+
+def check(args) -> None:
+    """Every argument, before any model loads: model and shape (configs only), layer pattern (resolved on a
+    weightless copy), variants, lengths against the model's context, run files. Sets args.cfg, args.device."""
+    profile = args.profile or get_profile()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    variants = tuple(args.variants) if args.variants else None
+    unknown = [v for v in variants or () if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"--variants {','.join(variants)}: unknown variant {unknown[0]!r}; "
+                         f"choose from {', '.join(VARIANTS)}")
+    if variants and any(VARIANTS[v].from_ft for v in variants) and "base-ft" not in variants:
+        raise ValueError(f"--variants {','.join(variants)}: ft-ptq-* quantizes the fine-tuned base-ft model; "
+                         "add base-ft")
+    overrides = {k: v for k, v in {
+        "train_steps": args.steps, "lr": args.lr, "seq_len": args.seq_len, "eval_blocks": args.eval_blocks,
+        "prefill_lengths": args.prefill_lens, "variants": variants,
+    }.items() if v is not None}
+    cfg = HybridConfig.for_profile(profile, device, model=args.model, layers=_layers(args.layers), **overrides)
+    if args.model.lower() != "none":
+        try:
+            skeleton = meta_model(args.model, "causal_lm")
+        except UnknownModelError as err:
+            raise ValueError(f"--model {args.model!r}: {err} Or --model none to skip this part.") from None
+        _check_layers(skeleton, args.layers, args.model)
+        context = getattr(skeleton.config, "max_position_embeddings", None)
+        longest = max(cfg.seq_len, *cfg.prefill_lengths)
+        if context and longest > context and not args.allow_beyond_context:
+            name = "--seq-len" if cfg.seq_len == longest else "--prefill-lens"
+            raise ValueError(f"{name} {longest}: longer than {args.model}'s context of {context} tokens; use "
+                             "shorter lengths or add --allow-beyond-context")
+    if args.shape.lower() != "none":
+        if args.shape not in SHAPES:
+            raise ValueError(f"--shape {args.shape!r}: unknown shape; choose from {', '.join(SHAPES)} or none")
+        bad = [m for m in args.shape_modes if m not in SHAPE_MODES]
+        if bad:
+            raise ValueError(f"--shape-modes {','.join(args.shape_modes)}: unknown mode {bad[0]!r}; "
+                             f"choose from {', '.join(SHAPE_MODES)}")
+        if device.type == "cuda":
+            _check_layers(meta_model(args.shape, "any_causal_lm"), args.layers, f"the {args.shape} shape")
+    check_run_options(args, "hybrid", device_slug(device), profile)
+    args.cfg, args.device, args.profile_name = cfg, device, profile
 
 
 def run(args) -> dict:
-    """Run both parts and write the result file; returns its content."""
+    """Run both parts into the run's files; returns the result (with its status)."""
+    if not hasattr(args, "cfg"):
+        check(args)
+    cfg, device, profile = args.cfg, args.device, args.profile_name
     started = time.perf_counter()
-    profile = args.profile or get_profile()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    out = Path(args.out) if args.out else default_out("hybrid", device)
-    command = command_line(getattr(args, "argv", None))
-    overrides = {k: v for k, v in {
-        "train_steps": args.steps, "lr": args.lr, "seq_len": args.seq_len, "eval_blocks": args.eval_blocks,
-        "prefill_lengths": _ints(args.prefill_lens),
-        "variants": tuple(args.variants.split(",")) if args.variants else None,
-    }.items() if v is not None}
-    cfg = HybridConfig.for_profile(profile, device, model=args.model, layers=_layers(args.layers), **overrides)
     result: dict = {
-        "provenance": provenance(command), "experiment": "hybrid", "status": "running", "profile": profile,
-        "config": cfg.as_dict(), "meta": {}, "selected": [], "rows": [], "checks": {}, "losses": {},
-        "sensitivity": None, "shape_rows": [], "targets": [], "latency_effect": [], "errors": [],
+        "provenance": provenance(command_line(getattr(args, "argv", None))), "experiment": "hybrid",
+        "profile": profile, "config": cfg.as_dict(), "meta": {}, "selected": [], "rows": [], "checks": {},
+        "losses": {}, "sensitivity": None, "shape_rows": [], "targets": [], "latency_effect": [], "errors": [],
         "notes": [
             "perplexity: WikiText-2 test; fine-tuning (base-ft and QAT, same recipe): WikiText-2 validation",
             "attention: FlashAttention-2 (SDPA forced to the flash kernel) on a GPU; PyTorch SDPA on a CPU",
@@ -97,74 +120,115 @@ def run(args) -> dict:
             f"{args.shape}: random weights, speed and memory only",
         ],
     }
+    run_ = Run(result, *args.paths, resume=args.resume)
 
-    def save(status: str = "running") -> None:
-        result["status"] = status
+    def save() -> None:
         result["elapsed_s"] = round(time.perf_counter() - started, 1)
         result["targets"] = evaluate_targets(result["rows"], result["shape_rows"])
         result["latency_effect"] = latency_effect(result["rows"], result["shape_rows"])
-        write_json(out, result)
+        run_.save()
+
+    def record(kind: str, item: dict) -> None:
+        save()
+        run_.record(kind, item)
 
     def stage(msg: str) -> None:
         print(f"[hybrid {time.perf_counter() - started:6.0f} s] {msg}", flush=True)
 
-    stage(f"profile {profile} on {device}; writing {out}")
-    save()
-    if args.model.lower() != "none":
-        _trained_part(cfg, args, result, save, stage)
-    if args.shape.lower() != "none":
-        if device.type != "cuda":
-            result["notes"].append(f"{args.shape} shape part skipped: it needs an NVIDIA GPU (FA2, ~14 GB of weights)")
-            stage(f"{args.shape} part skipped: no CUDA GPU here")
-        else:
-            stage(f"{args.shape} shape (random weights): speed and memory")
-            try:
-                shape_benchmark(args.shape, _ints(args.shape_lens), _layers(args.layers),
-                                   tuple(args.shape_modes.split(",")), device=device,
-                                   on_row=lambda row: (result["shape_rows"].append(row), save()),
-                                   log=lambda s: stage(s))
-            except Exception as err:  # noqa: BLE001 - recorded; the file keeps what was measured
-                result["errors"].append({"stage": "shape", "error": f"{type(err).__name__}: {err}"})
-                stage(f"shape part FAILED: {type(err).__name__}: {err}")
-    save("complete")
-    stage("done. Targets:")
+    def failed(part: str, err: BaseException | str) -> None:
+        text = err if isinstance(err, str) else error_text(err)
+        result["errors"].append({"stage": part, "error": text})
+        run_.fail(f"{part}: {text}")
+        stage(f"{part} FAILED: {text}")
+
+    with run_:
+        stage(f"profile {profile} on {device}; writing {run_.json_path}")
+        if args.model.lower() != "none":
+            _trained_part(cfg, args, result, run_, record, stage, failed)
+        if args.shape.lower() != "none":
+            if device.type != "cuda":
+                result["notes"].append(f"{args.shape} shape part skipped: it needs an NVIDIA GPU (FA2, ~14 GB of "
+                                       "weights)")
+                stage(f"{args.shape} part skipped: no CUDA GPU here")
+            else:
+                done = run_.recorded("shape")
+                result["shape_rows"] = list(done)
+                finished = {r["mode"] for r in done if r.get("kind") == "decode"}
+                modes = tuple(m for m in args.shape_modes if m not in finished)
+                result["shape_rows"] = [r for r in done if r["mode"] in finished]
+                stage(f"{args.shape} shape (random weights): speed and memory")
+                try:
+                    if modes:
+                        shape_benchmark(args.shape, tuple(args.shape_lens), _layers(args.layers), modes,
+                                        device=device, log=stage,
+                                        on_row=lambda row: (result["shape_rows"].append(row), record("shape", row)))
+                except Exception as err:  # noqa: BLE001 - recorded; the file keeps what was measured
+                    failed("shape", err)
+        save()
+    stage(f"{run_.status}. Targets:")
     for t in result["targets"]:
         mark = {True: "MET   ", False: "MISSED", None: "n/a   "}[t["met"]]
         print(f"  {mark} {t['target']}: {t['measured']}", flush=True)
+    publish(run_, args, "hybrid", device_slug(device))
     return result
 
 
-def _trained_part(cfg, args, result: dict, save, stage) -> None:
-    """Load the trained model, sensitivity table, then every variant (rows saved as they finish)."""
+def _trained_part(cfg, args, result: dict, run_: Run, record, stage, failed) -> None:
+    """Load the trained model, sensitivity table, then every variant (each recorded as it finishes)."""
     stage(f"loading {cfg.model}")
     try:
         model, tokenizer = load_causal_lm(cfg.model, dtype=torch.float32, device="cpu")
     except Exception as err:  # noqa: BLE001 - e.g. the embedded model is not installed on the GPU machine
-        result["errors"].append({"stage": "load", "error": f"{type(err).__name__}: {err}"})
-        result["notes"].append(f"trained-model part skipped: {cfg.model} could not be loaded")
-        stage(f"could not load {cfg.model} ({type(err).__name__}: {err}); skipping the trained-model part")
-        save()
+        failed("load", f"--model {cfg.model} could not be loaded: {error_text(err)}")
         return
     if not args.no_sensitivity:
+        earlier = run_.recorded("sensitivity")
         try:
-            stage("per-layer sensitivity (one layer quantized at a time)")
-            result["sensitivity"] = _sensitivity(model, tokenizer, cfg, result["profile"])
-            save()
+            if earlier:
+                result["sensitivity"] = earlier[-1]
+            else:
+                stage("per-layer sensitivity (one layer quantized at a time)")
+                result["sensitivity"] = _sensitivity(model, tokenizer, cfg, result["profile"])
+                record("sensitivity", result["sensitivity"])
         except Exception as err:  # noqa: BLE001
-            result["errors"].append({"stage": "sensitivity", "error": f"{type(err).__name__}: {err}"})
-            stage(f"sensitivity FAILED: {type(err).__name__}: {err}")
-    stage(f"variants {', '.join(cfg.variants)}")
+            failed("sensitivity", err)
+    done = {r["row"]["variant"]: r for r in run_.recorded("variant") if "error" not in r["row"]}
+    todo = [v for v in cfg.variants if v not in done]
+    if any(VARIANTS[v].from_ft for v in todo) and "base-ft" not in todo:
+        todo.insert(0, "base-ft")  # the ft-ptq-* variants quantize base-ft's model: it is made again
+    kept = {name: item for name, item in done.items() if name not in todo}
 
-    def on_row(row, res) -> None:
-        result.update(meta=res.meta, selected=res.selected, rows=res.rows, checks=res.checks, losses=res.losses)
-        save()
+    def collect(extra_rows: list[dict], res=None) -> None:
+        rows = {name: item["row"] for name, item in kept.items()} | {r["variant"]: r for r in extra_rows}
+        result["rows"] = [rows[v] for v in VARIANTS if v in rows]
+        result["checks"] = {n: i["checks"] for n, i in kept.items() if i.get("checks")}
+        result["losses"] = {n: i["losses"] for n, i in kept.items() if i.get("losses")}
+        if res is not None:
+            result.update(meta=res.meta, selected=res.selected)
+            result["checks"].update(res.checks)
+            result["losses"].update(res.losses)
 
-    try:
-        run_hybrid(cfg, model, tokenizer, on_row=on_row, progress=False, log=lambda s: stage(s.strip()))
-    except Exception as err:  # noqa: BLE001
-        result["errors"].append({"stage": "variants", "error": f"{type(err).__name__}: {err}",
-                                 "traceback": traceback.format_exc(limit=4)})
-        stage(f"variants FAILED: {type(err).__name__}: {err}")
+    collect([])
+    if kept:
+        stage(f"resume: {', '.join(kept)} already measured")
+    if todo:
+        stage(f"variants {', '.join(todo)}")
+
+        def on_row(row, res) -> None:
+            collect(res.rows, res)
+            record("variant", {"row": row, "checks": res.checks.get(row["variant"]),
+                               "losses": res.losses.get(row["variant"])})
+
+        try:
+            res = run_hybrid(replace(cfg, variants=tuple(todo)), model, tokenizer, on_row=on_row, progress=False,
+                             log=lambda s: stage(s.strip()))
+            collect(res.rows, res)
+        except Exception as err:  # noqa: BLE001
+            failed("variants", err)
+    bad = [r for r in result["rows"] if "error" in r]
+    if bad:
+        run_.fail(f"{len(bad)} of {len(result['rows'])} variants failed ("
+                  + "; ".join(f"{r['variant']}: {r['error']}" for r in bad)[:400] + ")")
     del model
     release_memory()
 

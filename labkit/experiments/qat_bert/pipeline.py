@@ -238,9 +238,11 @@ def make_qat(fp32: nn.Module, cfg: QATBertConfig, train_ds, tokenizer) -> tuple[
 # ------------------------------------------------------------------------------------------- the run
 
 
-def run_qat_bert(cfg: QATBertConfig | None = None, progress: bool = True, keep_models: bool = False) -> QATBertResult:
+def run_qat_bert(cfg: QATBertConfig | None = None, progress: bool = True, keep_models: bool = False,
+                 on_stage=None) -> QATBertResult:
     """Run the whole comparison and return one row per variant (see the module docstring); with
-    `keep_models` the result also holds the five models, the tokenizer and the datasets."""
+    `keep_models` the result also holds the five models, the tokenizer and the datasets. `on_stage(stage, seconds)`
+    is called as each stage finishes (the benchmark logs them as it goes)."""
     cfg = cfg or QATBertConfig.for_profile("quick")
     cfg.validate()
     torch.manual_seed(cfg.seed)
@@ -254,6 +256,8 @@ def run_qat_bert(cfg: QATBertConfig | None = None, progress: bool = True, keep_m
         now = time.perf_counter()
         seconds[stage] = round(now - t_stage[0], 1)
         t_stage[0] = now
+        if on_stage is not None:
+            on_stage(stage, seconds[stage])
         bar.update(1)
         bar.set_postfix_str(stage)
 

@@ -1,0 +1,170 @@
+"""A benchmark run's files, and the rules that keep committed references safe.
+
+    runs/<experiment>_<device>_<UTC time>/result.json     the summary: provenance, config, rows, status
+    runs/<experiment>_<device>_<UTC time>/result.jsonl    every finished measurement, appended as it happens
+
+A run never writes into the committed reference folder (data/reference/): `--update-reference` copies a
+complete full-profile run there at the end, and nothing else does. The summary's `status` is `running` until
+the end, then `complete`, `failed` (with the reason) or `interrupted` (Ctrl-C); `--resume` continues an
+interrupted or failed run from its JSONL, skipping what it already measured.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+import traceback
+from pathlib import Path
+
+from labkit.measure.memory import error_text
+from labkit.results.files import REFERENCE_DIR, append_jsonl, read_jsonl, write_json
+from labkit.results.reference import is_reference, reference_dir
+
+RUNS_DIR = Path("runs")
+EXIT_CODES = {"complete": 0, "failed": 1, "interrupted": 130}
+
+
+class RunSetupError(ValueError):
+    """The run's output cannot be set up as asked; the message names the argument, the value and the fix."""
+
+
+def _utc_stamp() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _is_reference_folder(folder: Path) -> bool:
+    folder = folder.resolve()
+    return any(folder == d.resolve() for d in (reference_dir(), Path.cwd() / REFERENCE_DIR))
+
+
+def run_paths(experiment: str, device_slug: str, out: str | Path | None = None, *,
+              resume: bool = False) -> tuple[Path, Path]:
+    """(result JSON, measurements JSONL) of a run, checked before any work starts.
+
+    out None: a new run folder runs/<experiment>_<device>_<UTC time>/. out a file: that file (its JSONL beside
+    it); out a folder: result.json inside it. Refused: a path in the committed reference folder; an existing run
+    without --resume; --resume without a JSONL to resume from."""
+    if out is None:
+        if resume:
+            raise RunSetupError("--resume needs --out: give the result file of the run to continue "
+                                f"(e.g. --out runs/{experiment}_{device_slug}_<time>/result.json)")
+        json_path = RUNS_DIR / f"{experiment}_{device_slug}_{_utc_stamp()}" / "result.json"
+    else:
+        json_path = Path(out)
+        if json_path.is_dir() or str(out).endswith(("/", "\\")):
+            json_path = json_path / "result.json"
+    if _is_reference_folder(json_path.parent):
+        raise RunSetupError(
+            f"--out {out}: that is the committed reference folder, and benchmarks never write over a reference. "
+            "Leave --out out (the run gets its own folder under runs/), and add --update-reference to copy a "
+            "complete full-profile run to the reference at the end.")
+    jsonl_path = json_path.with_suffix(".jsonl")
+    if resume and not jsonl_path.is_file():
+        raise RunSetupError(f"--resume: {jsonl_path} does not exist, so there is nothing to resume; "
+                            "leave --resume out to start a new run")
+    if not resume and (json_path.exists() or jsonl_path.exists()):
+        raise RunSetupError(f"--out {out}: {json_path} already holds a run; add --resume to continue it, "
+                            "or choose another --out (or leave it out for a new run folder)")
+    return json_path, jsonl_path
+
+
+class Run:
+    """One benchmark run: `record` appends a finished measurement to the JSONL and rewrites the summary;
+    `fail` notes a reason the run did not do what was asked; leaving the `with` block writes the final status.
+
+    Inside `with Run(...) as run:`, Ctrl-C ends the run as `interrupted` and any other exception as `failed`
+    (both recorded in the file, neither re-raised), so the caller reads the outcome from `run.status`."""
+
+    def __init__(self, result: dict, json_path: Path, jsonl_path: Path, *, resume: bool = False):
+        self.json_path, self.jsonl_path = Path(json_path), Path(jsonl_path)
+        self.previous = read_jsonl(self.jsonl_path) if resume else []
+        self.failures: list[str] = []
+        self.result = result
+        result.update(status="running", reason=None,
+                      files={"result": str(self.json_path), "measurements": str(self.jsonl_path)})
+        if resume:
+            result["resumed"] = {"measurements_reused": len(self.previous)}
+
+    # -- measurements -------------------------------------------------------------------------------------------
+
+    def recorded(self, kind: str) -> list[dict]:
+        """The measurements of `kind` an earlier attempt of this run left in its JSONL (empty unless --resume)."""
+        return [{k: v for k, v in r.items() if k != "kind"} for r in self.previous if r.get("kind") == kind]
+
+    def record(self, kind: str, row: dict) -> None:
+        """Append one finished measurement to the JSONL (flushed to disk), then rewrite the summary."""
+        append_jsonl(self.jsonl_path, {"kind": kind, **row})
+        self.save()
+
+    def save(self) -> None:
+        write_json(self.json_path, self.result)
+
+    def fail(self, reason: str) -> None:
+        """The run goes on, but will end `failed` with this reason."""
+        self.failures.append(reason)
+
+    # -- the outcome --------------------------------------------------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        return self.result["status"]
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.status, 1)
+
+    def finish(self, status: str | None = None, reason: str | None = None) -> None:
+        status = status or ("failed" if self.failures else "complete")
+        self.result["status"] = status
+        self.result["reason"] = reason or ("; ".join(self.failures) if self.failures else None)
+        self.save()
+
+    def __enter__(self) -> Run:
+        self.save()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.finish()
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.finish("interrupted", "interrupted (Ctrl-C); continue it with the same command plus "
+                                       f"--resume --out {self.json_path}")
+        elif issubclass(exc_type, Exception):
+            traceback.print_exception(exc_type, exc, tb, limit=6, file=sys.stderr)
+            self.finish("failed", error_text(exc))
+        else:
+            return False
+        print(f"{self.status}: {self.json_path}" + (f" ({self.result['reason']})" if self.result["reason"] else ""),
+              flush=True)
+        return True
+
+
+def update_reference(run: Run, reference: Path) -> Path:
+    """Copy a complete full-profile run's summary to the committed reference file `reference`; refused (the
+    reference untouched) for any other run."""
+    ok, why = is_reference(run.result)
+    if not ok:
+        raise RunSetupError(f"--update-reference: {reference} was not replaced: this run's {why}")
+    data = {k: v for k, v in run.result.items() if k not in ("files", "resumed")}
+    write_json(reference, data)
+    return reference
+
+
+def check_run_options(args, experiment: str, device_slug: str, profile: str) -> None:
+    """The options every benchmark shares (--out, --resume, --update-reference), checked before any work:
+    sets `args.paths` to the run's (JSON, JSONL)."""
+    if getattr(args, "update_reference", False) and profile != "full":
+        raise RunSetupError(f"--update-reference with --profile {profile}: only a complete full-profile run can "
+                            "replace a committed reference; run with --profile full, or leave --update-reference out")
+    args.paths = run_paths(experiment, device_slug, getattr(args, "out", None), resume=getattr(args, "resume", False))
+
+
+def publish(run: Run, args, experiment: str, device_slug: str) -> None:
+    """After the run: with --update-reference, copy a complete run to data/reference/<experiment>_<device>.json."""
+    if not getattr(args, "update_reference", False):
+        return
+    target = REFERENCE_DIR / f"{experiment}_{device_slug}.json"
+    if run.status != "complete":
+        print(f"--update-reference: {target} left as it was: the run is {run.status}", flush=True)
+        return
+    print(f"updated the reference {update_reference(run, target)}", flush=True)
