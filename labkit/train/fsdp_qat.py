@@ -12,6 +12,9 @@ The recipe is the one the single-GPU hybrid uses (labkit.quant.qat + the fine-tu
                                   bf16, gradients reduced in fp32 (on a CPU: fp32 throughout)
     activation checkpointing      transformers' own (each decoder layer recomputed in the backward)
     attention                     FlashAttention-2 (SDPA forced to flash, labkit.attention) on a GPU; SDPA on a CPU
+    compile (optional)            each decoder layer's forward through torch.compile, inside FSDP2's hooks and the
+                                  checkpointing: eager fake quantization is a chain of memory-bound elementwise
+                                  kernels per Linear; compiled, it fuses into the neighbouring kernels
 
 Data parallelism: every rank takes its slice of each global batch, so N processes see exactly the batches one
 process sees, and the averaged gradient is the same: loss curves match up to floating-point reduction order.
