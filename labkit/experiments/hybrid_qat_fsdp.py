@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attention", default=None, help="labkit backend (default: fa2 on a GPU, sdpa on a CPU)")
     parser.add_argument("--compile-fake-quant", action="store_true",
                         help="torch.compile each fake quantizer (fuses its elementwise passes; same numerics)")
+    parser.add_argument("--compile-layers", action="store_true",
+                        help="torch.compile each decoder layer's forward (fake quantizers, norms, SwiGLU fused with "
+                             "their neighbours; FSDP2 hooks and activation checkpointing stay around it)")
     parser.add_argument("--no-checkpointing", action="store_true", help="turn activation checkpointing off")
     parser.add_argument("--checkpoint-dir", default=None, help="folder for sharded checkpoints (DCP)")
     parser.add_argument("--checkpoint-every", type=int, default=0, help="save every k steps (0: at the end only)")
@@ -111,6 +114,11 @@ def validate(args, world_size: int) -> dict:
         raise ValueError("--checkpoint-dir / --export-int8 take one mode and one sequence length")
     if args.export_int8 and modes[0] == "plain":
         raise ValueError("--export-int8 needs a QAT mode (qat-w8a8 or qat-w8), not plain")
+    if getattr(args, "compile_layers", False) and args.compile_fake_quant:
+        raise ValueError("--compile-layers already compiles the fake quantizers inside each layer: drop "
+                         "--compile-fake-quant")
+    if getattr(args, "compile_layers", False) and args.export_int8:
+        raise ValueError("--compile-layers is for speed runs: export INT8 (--export-int8) from a run without it")
     if args.stop_after is not None and not 1 <= args.stop_after <= steps:
         raise ValueError(f"--stop-after {args.stop_after} must be between 1 and --steps ({steps})")
     from labkit.attention.backends import unavailable_reason
@@ -216,7 +224,8 @@ def run(args) -> dict:
                                  activations=MODES[mode], seq_len=seq, global_batch=s["global_batch"],
                                  steps=s["steps"], lr=s["lr"], seed=args.seed,
                                  checkpointing=not args.no_checkpointing, attention=s["attention"],
-                                 compile_fake_quant=args.compile_fake_quant)
+                                 compile_fake_quant=args.compile_fake_quant,
+                                 compile_layers=getattr(args, "compile_layers", False))
             row = {"mode": mode, "seq_len": seq, "config": cfg.as_dict(), "status": "running", "steps": []}
             result["runs"].append(row)
             try:
@@ -275,7 +284,11 @@ def _one_run(cfg, mode: str, args, s: dict, env, row: dict, log: Path, say) -> N
         if args.checkpoint_dir and args.checkpoint_every and (rec.step + 1) % args.checkpoint_every == 0:
             ck.save_checkpoint(args.checkpoint_dir, model, optimizer, rec.step + 1)
 
+    compiling = cfg.compile_layers or (cfg.compile_fake_quant and cfg.qat)
+    before = _compile_wall_s() if compiling else 0.0
     fq.train(model, blocks, cfg, env, start_step=start, stop_step=stop, optimizer=optimizer, on_step=on_step)
+    if compiling:  # torch.compile's own clock (Dynamo + Inductor, forward and backward graphs) on this rank
+        row["compile_s"] = round(_compile_wall_s() - before, 1)
     if args.checkpoint_dir and not args.checkpoint_every:
         ck.save_checkpoint(args.checkpoint_dir, model, optimizer, stop)
     row["status"] = "ok"
@@ -286,6 +299,16 @@ def _one_run(cfg, mode: str, args, s: dict, env, row: dict, log: Path, say) -> N
         row["export"]["seconds"] = round(time.perf_counter() - t1, 1)
     del model, optimizer
     _release(env)
+
+
+def _compile_wall_s() -> float:
+    """Seconds torch.compile has spent in this process so far (0 if PyTorch does not report it)."""
+    try:
+        from torch._dynamo.utils import calculate_time_spent
+
+        return float(calculate_time_spent().get("total_wall_time", 0.0))
+    except Exception:  # noqa: BLE001 - a private helper: its absence must not fail a run
+        return 0.0
 
 
 def _param_count(model) -> int:
@@ -311,6 +334,7 @@ def _summarise(result: dict) -> None:
         timed = steps[2:] if len(steps) > 3 else steps[1:] or steps
         row["tokens_per_s"] = round(statistics.median(r["tokens_per_s"] for r in timed), 1)
         row["losses"] = [r["loss"] for r in steps]
+        row["first_step_s"] = round(steps[0]["step_s"], 2)  # includes CUDA warm-up and any compilation
         peaks = [r["peak_gib"] for r in steps if r["peak_gib"] is not None]
         if peaks:
             row["peak_gib"] = round(max(peaks), 3)

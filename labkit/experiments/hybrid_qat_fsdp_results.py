@@ -32,11 +32,38 @@ def modelled_peak_gib(run: dict, world_size: int) -> float:
     return round(predicted_training_peak(shape, run["seq_len"], setup) / GIB, 3)
 
 
+def compile_label(config: dict, mode: str) -> str:
+    """How a run was compiled: "layers" (--compile-layers), "fake-quant" (--compile-fake-quant, QAT modes only;
+    plain has no quantizer to compile), or "none" (eager)."""
+    if config.get("compile_layers"):
+        return "layers"
+    return "fake-quant" if config.get("compile_fake_quant") and mode != "plain" else "none"
+
+
+def _spread(run: dict) -> float | None:
+    """Median absolute deviation / median of the timed steps' tokens/s (the steps the median is taken over): the
+    step-to-step noise of one run, robust to a single slow step."""
+    import statistics
+
+    steps = run.get("steps") or []
+    timed = [r["tokens_per_s"] for r in (steps[2:] if len(steps) > 3 else steps[1:])]
+    if len(timed) < 2:
+        return None
+    med = statistics.median(timed)
+    return round(statistics.median(abs(x - med) for x in timed) / med, 4)
+
+
 def shape_table(runs: list[dict], world_size: int) -> list[dict]:
-    """One row per run: status, peak per GPU (worst GPU), today's modelled peak and the ratio, tokens/s."""
+    """One row per run: status, peak per GPU (worst GPU), today's modelled peak and the ratio, tokens/s, how it was
+    compiled, its compile time and the step-to-step noise of its tokens/s (runs may carry `_part`, `_date`)."""
     rows = []
     for r in runs:
         row = {k: r.get(k) for k in ("mode", "seq_len", "status", "peak_gib", "tokens_per_s", "error")}
+        row["compile"] = compile_label(r["config"], r["mode"])
+        row["compile_s"] = r.get("compile_s")
+        row["first_step_s"] = r.get("first_step_s") or (round(r["steps"][0]["step_s"], 2) if r.get("steps") else None)
+        row["tokens_per_s_noise"] = _spread(r)
+        row["part"], row["date"] = r.get("_part"), r.get("_date")
         row["model"] = r["config"]["model"]
         row["world_size"] = world_size
         row["global_batch"] = r["config"]["global_batch"]
@@ -48,15 +75,54 @@ def shape_table(runs: list[dict], world_size: int) -> list[dict]:
     return rows
 
 
-def _run(runs: list[dict], mode: str, seq: int) -> dict | None:
-    return next((r for r in runs if r["mode"] == mode and r["seq_len"] == seq and r["status"] == "ok"), None)
+def _run(runs: list[dict], mode: str, seq: int, compile: str | None = None) -> dict | None:
+    return next((r for r in runs if r["mode"] == mode and r["seq_len"] == seq and r["status"] == "ok"
+                 and (compile is None or r.get("compile", "none") == compile)), None)
 
 
-def evaluate(shape_runs: list[dict], match: dict | None, seq: int = 4096) -> list[dict]:
-    """The targets: QAT FF fits at `seq` with peak within 10 % of the model; QAT >= 0.8x plain bf16 tokens/s;
-    the N-process loss curve within 1 % of the 1-process one."""
+def throughput_comparisons(rows: list[dict], seq: int = 4096, mode: str = "qat-w8a8") -> list[dict]:
+    """QAT `mode` against plain bf16 at `seq`, for every QAT run: against plain compiled the same way (same part),
+    and against eager plain measured in the same GPU session (same part, else the part closest in date)."""
+    from datetime import datetime
+
+    def when(r: dict) -> float:
+        return datetime.fromisoformat(r["date"]).timestamp() if r.get("date") else 0.0
+
+    out = []
+    for qat in (r for r in rows if r["mode"] == mode and r["seq_len"] == seq and r["status"] == "ok"):
+        same = [r for r in rows if r.get("part") == qat.get("part")]
+        eager = sorted((r for r in rows if r["mode"] == "plain" and r["seq_len"] == seq and r["status"] == "ok"
+                        and r.get("compile", "none") == "none"),
+                       key=lambda r: (r.get("part") != qat.get("part"), abs(when(r) - when(qat))))
+        baselines = {"eager plain": eager[0] if eager else None}
+        if qat.get("compile") == "layers":
+            baselines["plain compiled the same way"] = _run(same, "plain", seq, "layers")
+        for label, plain in baselines.items():
+            if plain is None:
+                continue
+            ratio = qat["tokens_per_s"] / plain["tokens_per_s"]
+            noise = (qat.get("tokens_per_s_noise") or 0) + (plain.get("tokens_per_s_noise") or 0)
+            out.append({"mode": mode, "qat_compile": qat.get("compile", "none"), "baseline": label,
+                        "qat_part": qat.get("part"), "plain_part": plain.get("part"), "seq_len": seq,
+                        "qat_tokens_per_s": qat["tokens_per_s"], "plain_tokens_per_s": plain["tokens_per_s"],
+                        "ratio": round(ratio, 3), "noise": round(noise, 3)})
+    return out
+
+
+def _verdict(value: float, target: float, noise: float, higher_is_better: bool = True) -> bool | str:
+    """True / False against `target`, or "within noise" when |value - target| is within `noise` (relative)."""
+    if abs(value - target) <= noise * abs(value):
+        return "within noise"
+    return value >= target if higher_is_better else value <= target
+
+
+def evaluate(shape_runs: list[dict], match: dict | None, seq: int = 4096, rematch: dict | None = None,
+             run_to_run: dict | None = None) -> list[dict]:
+    """The targets: QAT FF fits at `seq` with peak within 10 % of the model; QAT >= 0.8x plain bf16 tokens/s (each
+    comparison of `throughput_comparisons`); the N-process loss curve within 1 % of the 1-process one, judged
+    against the run-to-run difference of one configuration (`run_to_run`) when it was measured."""
     targets = []
-    qat, plain = _run(shape_runs, "qat-w8a8", seq), _run(shape_runs, "plain", seq)
+    qat = _run(shape_runs, "qat-w8a8", seq, "none") or _run(shape_runs, "qat-w8a8", seq)
     if qat:
         err = abs(qat["measured_over_predicted"] - 1)
         targets.append({"target": f"QAT FF at seq {seq} fits; peak per GPU within 10% of the memory model",
@@ -64,37 +130,58 @@ def evaluate(shape_runs: list[dict], match: dict | None, seq: int = 4096) -> lis
                                     f"({qat['measured_over_predicted'] - 1:+.1%})", "met": err <= 0.10})
     else:
         targets.append({"target": f"QAT FF at seq {seq} fits", "measured": "did not run", "met": False})
-    if qat and plain:
-        ratio = qat["tokens_per_s"] / plain["tokens_per_s"]
-        targets.append({"target": "QAT FF throughput >= 0.8x plain bf16 fine-tuning",
-                        "measured": f"{ratio:.2f}x ({qat['tokens_per_s']:.0f} vs {plain['tokens_per_s']:.0f} tok/s)",
-                        "met": ratio >= 0.8})
-    if match:
-        targets.append({"target": f"{match.get('label', 'N')}-process loss curve within 1% of 1 process "
-                                  f"({match['steps']} steps)",
-                        "measured": f"max relative difference {match['max_rel_diff']:.2%} (step "
-                                    f"{match['worst_step']}); {match['steps_within_1pct']} of {match['steps']} steps "
-                                    f"within 1%, mean {match['mean_rel_diff']:.2%}",
-                        "met": match["max_rel_diff"] <= 0.01})
+    names = {"none": "eager fake quantizers", "fake-quant": "compiled fake quantizers (--compile-fake-quant)",
+             "layers": "compiled decoder layers (--compile-layers)"}
+    for c in throughput_comparisons(shape_runs, seq):
+        targets.append({"target": f"QAT FF throughput >= 0.8x plain bf16 fine-tuning: {names[c['qat_compile']]} "
+                                  f"vs {c['baseline']}",
+                        "measured": f"{c['ratio']:.2f}x ({c['qat_tokens_per_s']:.0f} vs {c['plain_tokens_per_s']:.0f} "
+                                    f"tok/s; step-to-step noise {c['noise']:.1%})",
+                        "met": _verdict(c["ratio"], 0.8, c["noise"])})
+    floor = max((m["max_rel_diff"] for m in (run_to_run or {}).values()), default=0.0)
+    for label, m in (("first run", match), ("re-run", rematch)):
+        if not m:
+            continue
+        met: bool | str = m["max_rel_diff"] <= 0.01
+        if not met and m["max_rel_diff"] <= floor:
+            met = "within noise"
+        measured = (f"max relative difference {m['max_rel_diff']:.2%} (step {m['worst_step']}); "
+                    f"{m['steps_within_1pct']} of {m['steps']} steps within 1%, mean {m['mean_rel_diff']:.2%}")
+        if floor:
+            measured += f"; the same command run twice differs by up to {floor:.2%}"
+        targets.append({"target": f"{m.get('label', 'N')}-process loss curve within 1% of 1 process "
+                                  f"({m['steps']} steps, {label})", "measured": measured, "met": met})
     return targets
 
 
 def combine(parts: dict[str, str | Path], out: str | Path, notes: list[str] | None = None) -> dict:
     """Combine result files: `parts` maps a role to a file. Roles: shape_* (the big shape), match_1 and match_n
-    (the loss-match pair). Writes `out` and returns it."""
+    (the loss-match pair), rematch_1 and rematch_n (the same pair run again: the run-to-run noise). The first part's
+    provenance heads the file; every part keeps its own. Writes `out` and returns it."""
     from labkit.results.files import write_json
 
     loaded = {k: json.loads(Path(v).read_text(encoding="utf-8")) for k, v in parts.items()}
-    shape_runs = shape_table([r for k, d in loaded.items() if k.startswith("shape") for r in d["runs"]],
+    shape_runs = shape_table([dict(r, _part=k, _date=d["provenance"]["date"])
+                              for k, d in loaded.items() if k.startswith("shape") for r in d["runs"]],
                              next(iter(loaded.values()))["world_size"])
-    memory_check = shape_runs + [row for k in ("match_1", "match_n") if k in loaded
+    memory_check = shape_runs + [row for k in ("match_1", "match_n", "rematch_1", "rematch_n") if k in loaded
                                  for row in shape_table(loaded[k]["runs"], loaded[k]["world_size"])]
-    match = None
-    if "match_1" in loaded and "match_n" in loaded:
-        one, many = loaded["match_1"]["runs"][0], loaded["match_n"]["runs"][0]
-        match = loss_match(one["losses"], many["losses"])
-        match["label"] = str(loaded["match_n"]["world_size"])
-        match["export"] = many.get("export")
+
+    def pair(one_role: str, many_role: str) -> dict | None:
+        if one_role not in loaded or many_role not in loaded:
+            return None
+        one, many = loaded[one_role]["runs"][0], loaded[many_role]["runs"][0]
+        m = loss_match(one["losses"], many["losses"])
+        m["label"] = str(loaded[many_role]["world_size"])
+        m["export"] = many.get("export")
+        return m
+
+    match, rematch = pair("match_1", "match_n"), pair("rematch_1", "rematch_n")
+    run_to_run = {}
+    for first, again in (("match_1", "rematch_1"), ("match_n", "rematch_n")):
+        if first in loaded and again in loaded:
+            m = loss_match(loaded[first]["runs"][0]["losses"], loaded[again]["runs"][0]["losses"])
+            run_to_run[f"{loaded[first]['world_size']} process(es)"] = m
     longest: dict[str, int] = {}
     for r in shape_runs:
         if r["status"] == "ok":
@@ -104,8 +191,12 @@ def combine(parts: dict[str, str | Path], out: str | Path, notes: list[str] | No
         "experiment": "hybrid_qat_fsdp", "status": "complete",
         "provenance": first["provenance"], "world_size": first["world_size"],
         "commands": {k: d["provenance"]["command"] for k, d in loaded.items()},
-        "shape_table": shape_runs, "memory_check": memory_check, "longest_seq_trained": longest,
-        "loss_match": match, "targets": evaluate(shape_runs, match), "notes": notes or [], "parts": loaded,
+        "shape_table": shape_runs,
+        "throughput": throughput_comparisons(shape_runs) + throughput_comparisons(shape_runs, mode="qat-w8"),
+        "memory_check": memory_check, "longest_seq_trained": longest,
+        "loss_match": match, "loss_match_rerun": rematch, "loss_run_to_run": run_to_run or None,
+        "targets": evaluate(shape_runs, match, rematch=rematch, run_to_run=run_to_run),
+        "notes": notes or [], "parts": loaded,
     }
     write_json(out, result)
     return result

@@ -12,6 +12,9 @@ The recipe is the one the single-GPU hybrid uses (labkit.quant.qat + the fine-tu
                                   bf16, gradients reduced in fp32 (on a CPU: fp32 throughout)
     activation checkpointing      transformers' own (each decoder layer recomputed in the backward)
     attention                     FlashAttention-2 (SDPA forced to flash, labkit.attention) on a GPU; SDPA on a CPU
+    compile (optional)            each decoder layer's forward through torch.compile, inside FSDP2's hooks and the
+                                  checkpointing: eager fake quantization is a chain of memory-bound elementwise
+                                  kernels per Linear; compiled, it fuses into the neighbouring kernels
 
 Data parallelism: every rank takes its slice of each global batch, so N processes see exactly the batches one
 process sees, and the averaged gradient is the same: loss curves match up to floating-point reduction order.
@@ -60,6 +63,7 @@ class TrainConfig:
     attention: str | None = None       # labkit backend name; None: fa2 on a GPU, sdpa on a CPU
     compute_dtype: str | None = None   # None: bfloat16 on a GPU, float32 on a CPU
     compile_fake_quant: bool = False   # torch.compile each fake quantizer (fuses its elementwise passes)
+    compile_layers: bool = False       # torch.compile each decoder layer's forward (fuses across the whole layer)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -180,8 +184,24 @@ def build_model(cfg: TrainConfig, device: torch.device) -> nn.Module:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if cfg.compile_layers:
+        compile_decoder_layers(model)
     model.config.use_cache = False
     return model.train()
+
+
+def compile_decoder_layers(model: nn.Module) -> int:
+    """`torch.compile` the `forward` of every decoder layer, in place; returns how many.
+
+    Only `forward` is compiled, so what wraps it stays eager and composes unchanged: FSDP2's all-gather and
+    reshard hooks run around it, and activation checkpointing (transformers calls the layer through
+    `torch.utils.checkpoint`) recomputes the compiled forward in the backward. Inside, the fake quantizers, the
+    norms, the SwiGLU and the rotary embedding fuse with the matmuls' neighbours into a few kernels. All layers
+    share one compiled graph (same code, same shapes), so compile time does not grow with depth."""
+    layers = model.model.layers
+    for layer in layers:
+        layer.forward = torch.compile(layer.forward)
+    return len(layers)
 
 
 def compile_fake_quantizers(model: nn.Module) -> int:
