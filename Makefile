@@ -4,7 +4,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 BUILD := build
-NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
+# the lessons, then their exercise solutions (both executed by `make test` and `make run`)
+LESSONS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
+SOLUTIONS := $(sort $(wildcard notebooks/solutions/*.ipynb))
+NOTEBOOKS := $(LESSONS) $(SOLUTIONS)
 
 # The lab's offline dataset copies sit beside the project; use them unless LABKIT_DATA_DIR is already set.
 ifneq ($(wildcard ../shared/data),)
@@ -33,15 +36,21 @@ test: install
 unit: install
 	LABKIT_PROFILE=quick $(BIN)/python -m pytest -ra tests
 
-# Execute every notebook headless (quick mode) into build/, with an HTML rendering of each.
+# Execute every notebook headless (quick mode) into build/ (solutions into build/solutions/), with an HTML rendering
+# of each and build/index.html linking them. Plotly figures load plotly.js from its CDN, so each HTML stays small.
 run: install
-	mkdir -p $(BUILD)
+	mkdir -p $(BUILD)/solutions
 	for nb in $(NOTEBOOKS); do \
-	  LABKIT_PROFILE=$${LABKIT_PROFILE:-quick} $(BIN)/jupyter nbconvert --to notebook --execute \
-	    --ExecutePreprocessor.timeout=1800 --output-dir $(BUILD) "$$nb" || exit 1; \
-	  $(BIN)/jupyter nbconvert --to html --output-dir $(BUILD) "$(BUILD)/$$(basename $$nb)" || exit 1; \
+	  out=$(BUILD)/$$(dirname $${nb#notebooks/}); \
+	  PLOTLY_RENDERER=$${PLOTLY_RENDERER:-plotly_mimetype+notebook_connected} LABKIT_PROFILE=$${LABKIT_PROFILE:-quick} \
+	    $(BIN)/jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=1800 --output-dir $$out "$$nb" || exit 1; \
+	  $(BIN)/jupyter nbconvert --to html --output-dir $$out "$$out/$$(basename $$nb)" || exit 1; \
 	done
-	@echo "Executed notebooks and HTML in $(BUILD)/"
+	{ echo '<!doctype html><meta charset="utf-8"><title>QAT + FlashAttention-2 lab</title>'; \
+	  echo "<h1>Executed notebooks ($${LABKIT_PROFILE:-quick} profile)</h1><ul>"; \
+	  for nb in $(NOTEBOOKS); do h=$${nb#notebooks/}; echo "<li><a href=\"$${h%.ipynb}.html\">$${h%.ipynb}</a></li>"; done; \
+	  echo '</ul>'; } > $(BUILD)/index.html
+	@echo "Executed notebooks and HTML in $(BUILD)/ (open $(BUILD)/index.html)"
 
 clean:
 	rm -rf $(BUILD) .pytest_cache
