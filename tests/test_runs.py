@@ -134,6 +134,16 @@ def test_reference_loader_shows_only_complete_full_runs(tmp_path):
     assert load_reference("qat_bert", "cpu", directory=tmp_path)[0]["rows"] == [1]
 
 
+def test_reference_of_one_experiment_ignores_another_experiments_file(tmp_path):
+    """`hybrid` must not pick up `hybrid_qat_fsdp_h200x2.json`: a device slug has no underscore."""
+    from labkit.results import load_reference, reference_devices, write_json
+
+    write_json(tmp_path / "hybrid_h200.json", {"provenance": {"profile": "full"}, "rows": [1]})
+    write_json(tmp_path / "hybrid_qat_fsdp_h200x2.json", {"rows": [2]})
+    assert reference_devices("hybrid", directory=tmp_path) == ["h200"]
+    assert load_reference("hybrid", directory=tmp_path)[0]["rows"] == [1]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 2. an interrupted run keeps what it measured, and --resume continues it
 

@@ -61,7 +61,14 @@ def upgrade_rows(data: dict) -> dict:
 def reference_devices(experiment: str, directory: str | Path | None = None) -> list[str]:
     """Device slugs with a committed file for `experiment` ("cpu", "h100", ...), sorted."""
     directory = Path(directory) if directory is not None else reference_dir()
-    return [p.stem.removeprefix(f"{experiment}_") for p in sorted(directory.glob(f"{experiment}_*.json"))]
+    return [p.stem.removeprefix(f"{experiment}_") for p in _reference_files(directory, experiment)]
+
+
+def _reference_files(directory: Path, experiment: str, device: str | None = None) -> list[Path]:
+    """`<experiment>_<device>.json` files; a device slug has no underscore, so `hybrid` never matches
+    another experiment's file such as `hybrid_qat_fsdp_h200x2.json`."""
+    pattern = f"{experiment}_{device}.json" if device else f"{experiment}_*.json"
+    return [p for p in sorted(directory.glob(pattern)) if "_" not in p.stem.removeprefix(f"{experiment}_")]
 
 
 def load_reference(experiment: str, device: str | None = None, *, gpu_only: bool = False,
@@ -72,9 +79,8 @@ def load_reference(experiment: str, device: str | None = None, *, gpu_only: bool
     Returns (None, why) when there is none, so a notebook can say so instead of failing.
     """
     directory = Path(directory) if directory is not None else reference_dir()
-    pattern = f"{experiment}_{device}.json" if device else f"{experiment}_*.json"
     found, skipped = [], []
-    for path in sorted(directory.glob(pattern)):
+    for path in _reference_files(directory, experiment, device):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as err:
@@ -91,7 +97,7 @@ def load_reference(experiment: str, device: str | None = None, *, gpu_only: bool
         upgrade_rows(data)
         found.append((data.get("provenance", {}).get("date", ""), path, data))
     if not found:
-        where = f"`{pattern}`" + (" from a GPU" if gpu_only else "")
+        where = f"`{experiment}_{device or '*'}.json`" + (" from a GPU" if gpu_only else "")
         return None, (f"no committed full-profile result {where} in {directory} yet"
                       + (f" (not references: {', '.join(skipped)})" if skipped else "")
                       + f". It is written by `python -m labkit.bench {COMMANDS.get(experiment, experiment)} "
