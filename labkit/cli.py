@@ -27,6 +27,8 @@ EXPERIMENTS = {
                  "8-bit that pays on the GPU: labkit's INT8 kernel, torchao INT8/FP8, compiled decode and prefill "
                  "(notebook 03b)"),
     "hybrid-qat": ("labkit.experiments.hybrid_qat_fsdp", "QAT sharded over N GPUs with FSDP2 (torchrun; notebook 04)"),
+    "deploy": ("labkit.experiments.deploy_bert",
+               "the QAT BERT deployed on a CPU: torchao vs ONNX Runtime vs ORT quantize_dynamic (notebook 01b)"),
 }
 
 

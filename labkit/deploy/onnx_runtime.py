@@ -1,0 +1,146 @@
+"""Run ONNX classifiers in ONNX Runtime on a CPU: sessions, predictions, accuracy, the artifacts' recipe.
+
+`build_artifacts` writes the four files the deploy experiment compares (FP32 raw, FP32 fused, QAT INT8 on
+torchao's grid, ORT's quantize_dynamic peer); `OnnxClassifier` runs one like a transformers model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from labkit.deploy.onnx_export import (
+    INPUT_NAMES,
+    DeployError,
+    export_onnx,
+    export_qat_int8,
+    optimize_bert,
+    quantize_dynamic_peer,
+)
+
+OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def session_options(threads: int = 1, optimization: str = "all"):
+    """ORT session options: `threads` intra-op threads, sequential execution, graph optimization level."""
+    import onnxruntime as ort
+
+    if optimization not in OPT_LEVELS:
+        raise ValueError(f"optimization={optimization!r} is not a level; use one of {OPT_LEVELS}")
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    return so
+
+
+def make_session(path: str | Path, threads: int = 1, optimization: str = "all", default_options: bool = False):
+    """An InferenceSession on the CPU. default_options=True uses ORT's defaults except the thread count."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no ONNX file at {path}; write one with labkit.deploy.onnx_export first")
+    if default_options:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+    else:
+        so = session_options(threads, optimization)
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+class OnnxClassifier:
+    """Call an ONNX classifier like a transformers model: `clf(**batch)` -> logits (torch tensor)."""
+
+    def __init__(self, path: str | Path, threads: int = 1, optimization: str = "all", default_options: bool = False):
+        self.path = Path(path)
+        self.session = make_session(path, threads, optimization, default_options)
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def feeds(self, batch: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        missing = [n for n in self.inputs if n not in batch]
+        if missing:
+            raise ValueError(f"the batch lacks input(s) {missing}; pass {self.inputs} (a tokenizer's output)")
+        return {n: np.ascontiguousarray(batch[n].numpy() if isinstance(batch[n], torch.Tensor) else batch[n],
+                                        dtype=np.int64) for n in self.inputs}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(None, feeds)[0]
+
+    def __call__(self, **batch) -> torch.Tensor:
+        return torch.from_numpy(self.run(self.feeds(batch)))
+
+    @property
+    def size_mb(self) -> float:
+        return self.path.stat().st_size / 1e6
+
+
+def predict(model, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Predicted labels of a PyTorch model or an OnnxClassifier on one batch."""
+    with torch.inference_mode():
+        out = model(**batch)
+    logits = out.logits if hasattr(out, "logits") else out
+    return logits.argmax(-1)
+
+
+def evaluate(model, eval_ds, tokenizer, batch_size: int = 32, pad_to: int | None = None,
+             return_predictions: bool = False) -> dict:
+    """Accuracy and F1 of a PyTorch model, a compiled one or an OnnxClassifier on a tokenised dataset: dynamic
+    padding, or every batch padded to `pad_to` tokens (one shape, for compiled models)."""
+    from transformers import DataCollatorWithPadding
+
+    from labkit.metrics import classification_metrics
+
+    collate = DataCollatorWithPadding(tokenizer, padding="max_length" if pad_to else True, max_length=pad_to)
+    if isinstance(model, nn.Module):
+        model.eval()
+    preds: list[int] = []
+    for start in range(0, len(eval_ds), batch_size):
+        batch = dict(collate([eval_ds[i] for i in range(start, min(start + batch_size, len(eval_ds)))]))
+        batch.pop("labels", None)
+        batch.pop("label", None)
+        batch.setdefault("token_type_ids", torch.zeros_like(batch["input_ids"]))
+        preds += predict(model, batch).tolist()
+    out = classification_metrics(preds, eval_ds["label"])
+    return {**out, "predictions": preds} if return_predictions else out
+
+
+def build_artifacts(fp32: nn.Module, qat: nn.Module, out_dir: str | Path) -> dict[str, dict]:
+    """Write the deploy artifacts into `out_dir` and describe each (path, size, what it is).
+
+    fp32-raw          the FP32 export as is
+    fp32              the FP32 export after ORT's BERT fusions (Attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm)
+    qat-int8          QAT INT8 on torchao's grid, SkipLayerNorm/BiasGelu fusions, attention as exported
+    qat-int8-mha      the same with attention fused into MultiHeadAttention
+    qat-int8-unfused  the same without any BERT fusion
+    peer              quantize_dynamic of fp32-raw (per-channel INT8 weights), ORT's own PTQ
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = fp32.config
+    arts: dict[str, dict] = {}
+    raw = export_onnx(fp32, out / "fp32_raw.onnx")
+    arts["fp32-raw"] = {"path": str(raw)}
+    fused, counts = optimize_bert(raw, out / "fp32.onnx", cfg.num_attention_heads, cfg.hidden_size)
+    arts["fp32"] = {"path": str(fused), "fused": counts}
+    arts["qat-int8"] = export_qat_int8(qat, out / "qat_int8.onnx", fusions="no-attention")
+    arts["qat-int8-mha"] = export_qat_int8(qat, out / "qat_int8_mha.onnx", fusions="all")
+    arts["qat-int8-unfused"] = export_qat_int8(qat, out / "qat_int8_unfused.onnx", fusions="none")
+    arts["peer"] = {"path": str(quantize_dynamic_peer(raw, out / "peer_quantize_dynamic.onnx"))}
+    for a in arts.values():
+        a["size_mb"] = Path(a["path"]).stat().st_size / 1e6
+    return arts
+
+
+__all__ = ["INPUT_NAMES", "DeployError", "OnnxClassifier", "build_artifacts", "evaluate", "make_session", "predict",
+           "session_options"]

@@ -1,0 +1,168 @@
+"""labkit.deploy on the embedded MiniLM: the INT8 ONNX graph carries torchao's exact codes, predicts what the
+torchao INT8 model predicts, and bad input is refused with a clear message."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+
+from labkit.deploy.onnx_export import (  # noqa: E402
+    DeployError,
+    export_onnx,
+    export_qat_int8,
+    onnx_int8_weights,
+    verify_int8_weights,
+)
+from labkit.deploy.onnx_runtime import OnnxClassifier, make_session, predict, session_options  # noqa: E402
+from labkit.quant.qat import convert_qat, prepare_qat  # noqa: E402
+
+ENCODER = r"^bert\.(encoder|pooler)\."
+
+
+def fixed_batch(n: int = 16, t: int = 48, vocab: int = 30522, pad_from: int = 30) -> dict:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, vocab, (n, t), generator=g)
+    mask = torch.ones_like(ids)
+    mask[: n // 2, pad_from:] = 0  # right padding on half the rows, as a tokenizer pads
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+@pytest.fixture(scope="module")
+def models():
+    from labkit.models import load_classifier
+
+    fp32, _ = load_classifier("minilm-l6", num_labels=2, device="cpu")
+    torch.manual_seed(0)
+    fp32.classifier.weight.data.normal_(0, 0.5)  # a head that separates the batch, so labels are not all one class
+    qat = prepare_qat(copy.deepcopy(fp32).train(), ENCODER, embeddings=True)
+    convert_qat(qat.eval())
+    return fp32.eval(), qat
+
+
+@pytest.fixture(scope="module")
+def int8_file(models, tmp_path_factory):
+    path = tmp_path_factory.mktemp("deploy") / "qat_int8.onnx"
+    info = export_qat_int8(models[1], path)
+    return path, info
+
+
+def test_int8_graph_holds_torchao_codes_and_scales(models, int8_file):
+    path, info = int8_file
+    assert info["int8_linears"] == 37 and info["int8_embeddings"] == 3  # 6 layers x 6 + pooler; 3 tables
+    check = verify_int8_weights(path, models[1])
+    assert check["identical"] and check["linears"] == 37, check
+    stored = onnx_int8_weights(path)
+    codes, _ = stored.linears["bert.encoder.layer.0.attention.self.query"]
+    assert codes.dtype == np.int8
+    assert np.array_equal(codes, models[1].bert.encoder.layer[0].attention.self.query.weight.qdata.numpy())
+
+
+def test_weight_check_catches_a_different_grid(models, int8_file):
+    other = copy.deepcopy(models[1])
+    w = other.bert.encoder.layer[2].output.dense.weight
+    w.qdata[0, 0] = w.qdata[0, 0] ^ 1  # one code changed
+    check = verify_int8_weights(int8_file[0], other)
+    assert check["mismatched"] == ["bert.encoder.layer.2.output.dense"]
+
+
+def test_deployed_int8_predicts_the_torchao_labels(models, int8_file):
+    batch = fixed_batch()
+    clf = OnnxClassifier(int8_file[0])
+    ort_labels, torch_labels = predict(clf, batch), predict(models[1], batch)
+    assert torch.equal(ort_labels, torch_labels)
+    assert 0 < int(torch_labels.sum()) < len(torch_labels)  # both classes present: the check can fail
+    with torch.inference_mode():
+        int8 = models[1](**batch).logits
+        quant_error = (models[0](**batch).logits - int8).abs().max()
+        diff = (clf(**batch) - int8).abs().max()
+    # same grid and per-token scheme; float summation order differs, and a network turns that into some
+    # different rounding decisions, so the two INT8 runs differ by about as much as INT8 differs from FP32
+    assert diff < 2 * quant_error, (diff, quant_error)
+
+
+def test_fp32_export_matches_pytorch_and_int8_is_small(models, int8_file, tmp_path):
+    path = export_onnx(models[0], tmp_path / "fp32.onnx")
+    batch = fixed_batch(n=4)
+    with torch.inference_mode():
+        ref = models[0](**batch).logits
+    assert (OnnxClassifier(path)(**batch) - ref).abs().max() < 1e-4
+    assert int8_file[0].stat().st_size <= 0.3 * path.stat().st_size
+
+
+def test_unprepared_or_unconverted_model_is_refused(models, tmp_path):
+    with pytest.raises(DeployError, match="never prepared"):
+        export_qat_int8(models[0], tmp_path / "x.onnx")
+    prepared = prepare_qat(copy.deepcopy(models[0]), ENCODER)
+    with pytest.raises(DeployError, match="not converted"):
+        export_qat_int8(prepared, tmp_path / "x.onnx")
+    with pytest.raises(DeployError, match="export_qat_int8"):
+        export_onnx(models[1], tmp_path / "x.onnx")
+    with pytest.raises(ValueError, match="fusions="):
+        export_qat_int8(models[1], tmp_path / "x.onnx", fusions="most")
+
+
+def test_missing_file_and_bad_options_are_refused(tmp_path, int8_file):
+    with pytest.raises(FileNotFoundError, match="no ONNX file"):
+        make_session(tmp_path / "absent.onnx")
+    with pytest.raises(FileNotFoundError, match="no ONNX file"):
+        onnx_int8_weights(tmp_path / "absent.onnx")
+    with pytest.raises(ValueError, match="threads"):
+        session_options(threads=0)
+    with pytest.raises(ValueError, match="optimization"):
+        session_options(optimization="max")
+    with pytest.raises(ValueError, match="token_type_ids"):
+        OnnxClassifier(int8_file[0])(input_ids=torch.ones(1, 4, dtype=torch.long),
+                                     attention_mask=torch.ones(1, 4, dtype=torch.long))
+
+
+def test_experiment_arguments_and_targets():
+    from labkit.experiments import deploy_bert as exp
+
+    assert exp.parse_threads("1,2") == [1, 2]
+    with pytest.raises(ValueError, match="--threads"):
+        exp.parse_threads("1,many")
+    assert set(exp.cpu_flags()) >= {"avx512_vnni", "amx_int8"} or exp.cpu_flags() == {}
+    row = {"p10_ms": 1.0, "p90_ms": 1.0, "threads": 1, "batch": 8}
+    data = {"latency": [{**row, "variant": "torch-fp32", "p50_ms": 100.0},
+                        {**row, "variant": "ort-peer-int8", "p50_ms": 43.0, "p10_ms": 42.0, "p90_ms": 44.0},
+                        {**row, "variant": "ort-qat-int8", "p50_ms": 38.0, "p10_ms": 37.0, "p90_ms": 39.0}],
+            "accuracy": {"torch-fp32": {"accuracy": 0.866}, "ort-qat-int8": {"accuracy": 0.865},
+                         "ort-peer-int8": {"accuracy": 0.861}, "torchao-int8": {"accuracy": 0.865}},
+            "sizes_mb": {"torch-fp32": 90.9, "qat-int8": 23.1}, "training": {"n_eval": 872}}
+    checks = {c["target"]: c["met"] for c in exp.target_checks(data)}
+    assert all(v is True for v in checks.values()), checks
+    data["latency"][2].update(p10_ms=44.0, p50_ms=45.0, p90_ms=46.0)  # slower than the peer, above 0.40x
+    assert not any(c["met"] is True for c in exp.target_checks(data) if "latency" in c["target"] or "peer (" in c["target"])
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out")
+    exp.add_arguments(parser)
+    args = parser.parse_args(["--write-reference", "--out", "x.json"])
+    with pytest.raises(ValueError, match="only one"):
+        exp.run(args)
+
+
+def test_one_int8_linear_in_the_graph_computes_torchaos_result(models, int8_file, tmp_path):
+    """Fed the same input, a quantized Linear of the graph returns what torchao's INT8 Linear returns (per-token
+    codes, integer matmul, both scales), to float rounding."""
+    import onnx
+
+    graph = onnx.load(str(int8_file[0]))
+    module = "bert.encoder.layer.0.attention.self.query"
+    node = next(n for n in graph.graph.node if n.op_type == "MatMulIntegerToFloat"
+                and n.input[1] == f"{module}.weight_int8_t")
+    x_name, y_name = node.input[0].removesuffix("/qtok/q"), node.output[0].removesuffix("/int")
+    for name in (x_name, y_name):
+        graph.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    onnx.save(graph, str(tmp_path / "probe.onnx"))
+    clf = OnnxClassifier(tmp_path / "probe.onnx")
+    _, x, y = clf.session.run(None, clf.feeds(fixed_batch(n=2)))
+    linear = models[1].get_submodule(module)
+    with torch.inference_mode():
+        ref = linear(torch.from_numpy(x)) - linear.bias
+    assert np.abs(y - ref.numpy()).max() <= 1e-5 * np.abs(ref.numpy()).max()
