@@ -159,7 +159,11 @@ def _row(rows: list[dict], backend: str, n: int) -> dict | None:
 
 
 def check_targets(result: dict) -> list[dict]:
-    """The issue's targets, checked against a result file: [{target, measured, passed}] (passed None: no data)."""
+    """The lab's attention targets, checked against a result file: [{target, measured, passed}] (None: no data).
+
+    Why these: eager attention materialises N x N scores, so it should run out of memory by 16k tokens on an
+    80 GB card; FA2 should be clearly faster (>= 4x) and lighter (<= half the peak) at 8k, reach 32k, and the
+    kernel benchmark should agree with a plain script (within 10%) so the harness adds no overhead."""
     rows = result.get("rows", [])
     checks = []
 

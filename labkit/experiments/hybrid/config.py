@@ -11,7 +11,8 @@ from labkit.env import default_device, get_profile
 from labkit.quant.selection import LayerSelection
 
 FEED_FORWARD = r"\.mlp\.(gate|up|down)_proj$"
-"""The source article's strategy: the feed-forward (MLP) Linear layers of every block."""
+"""The default selection: the feed-forward (MLP) Linear layers of every block, which hold most of each block's
+Linear weights (3/4 on SmolLM2-135M, 2/3 on Llama-2-7B), so INT8 there saves the most memory."""
 
 @dataclass(frozen=True)
 class Variant:

@@ -86,7 +86,7 @@ class QATBertConfig:
     @classmethod
     def for_profile(cls, profile: str, **overrides) -> QATBertConfig:
         """quick: CI-sized (a few hundred examples, a few dozen steps); full: SST-2 dev (872), real budget;
-        full with dataset="imdb": the source article's recipe, 1,000 train / 1,000 test reviews (2 epochs)."""
+        full with dataset="imdb": a small-budget IMDB recipe, 1,000 train / 1,000 test reviews (2 epochs)."""
         if profile == "quick":
             base = cls(profile="quick", compile_variants=("fp32", "qat"))
         elif profile == "full":
@@ -96,7 +96,7 @@ class QATBertConfig:
             )
         else:
             raise ValueError(f"profile {profile!r} is not a profile; use 'quick' or 'full'")
-        if overrides.get("dataset") == "imdb" and profile == "full":  # the source article's recipe
+        if overrides.get("dataset") == "imdb" and profile == "full":  # small-budget IMDB recipe
             base = replace(base, n_train=1000, n_eval=1000, fp32_steps=64, extra_steps=64)
         return replace(base, **overrides)
 
