@@ -1,0 +1,96 @@
+"""Verdicts no finer than the noise: mean +- sd over seeds, and met / missed / within noise against a target.
+
+A single run cannot say "met" when the margin is one sentence of the dev set: SST-2 dev has 872 sentences, so
+one sentence is 0.11 accuracy points and the binomial standard error near 87% is ~1.1 points. The rules:
+
+    fewer than `min_seeds` values       "no verdict"   (one seed says nothing about the spread)
+    |mean - limit| <= noise             "within noise" (noise = max(sd over seeds, the measurement's resolution))
+    otherwise                           "met" or "missed", by the side of the limit the mean is on
+
+`values` are per-seed numbers of the quantity the target is about (e.g. QAT accuracy minus FP32 accuracy of the
+same seed, in points); `at_least` says which side of `limit` meets it.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+VERDICTS = ("met", "missed", "within noise", "no verdict")
+MIN_SEEDS = 3
+
+
+@dataclass(frozen=True)
+class Spread:
+    """mean, sample standard deviation (0 for one value) and count of repeated measurements."""
+
+    mean: float
+    sd: float
+    n: int
+
+    def __str__(self) -> str:
+        return format_spread(self)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def spread(values: Iterable[float]) -> Spread:
+    """Mean, sample sd and n of `values` (at least one, all finite)."""
+    vals = [float(v) for v in values]
+    if not vals:
+        raise ValueError("spread needs at least one value")
+    if not all(math.isfinite(v) for v in vals):
+        raise ValueError(f"spread needs finite values, got {vals}")
+    return Spread(statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0, len(vals))
+
+
+def format_spread(s: Spread, digits: int = 2, unit: str = "") -> str:
+    """"86.58 +- 0.40 (n=3)"; one value: "86.58 (n=1, no spread)"."""
+    if s.n < 2:
+        return f"{s.mean:.{digits}f}{unit} (n=1, no spread)"
+    return f"{s.mean:.{digits}f}{unit} +- {s.sd:.{digits}f} (n={s.n})"
+
+
+def binomial_se(p: float, n: int) -> float:
+    """Standard error of an accuracy `p` (a fraction) measured on `n` examples: sqrt(p (1 - p) / n)."""
+    if n < 1 or not 0 <= p <= 1:
+        raise ValueError(f"binomial_se needs 0 <= p <= 1 and n >= 1, got p={p}, n={n}")
+    return math.sqrt(p * (1 - p) / n)
+
+
+def verdict(values: Sequence[float], limit: float, *, at_least: bool, resolution: float = 0.0,
+            min_seeds: int = MIN_SEEDS) -> dict:
+    """met / missed / within noise / no verdict for per-seed `values` against `limit` (see the module doc).
+
+    resolution  the smallest difference the measurement itself resolves (e.g. one eval example, in the same
+                unit as `values`); noise is never taken below it.
+    Returns {"verdict", "met" (True / False / None unless met or missed), "mean", "sd", "n", "limit", "at_least",
+    "margin", "noise", "values"}; margin > 0 is on the meeting side of the limit.
+    """
+    if min_seeds < 1:
+        raise ValueError(f"min_seeds must be at least 1, got {min_seeds}")
+    s = spread(values)
+    margin = (s.mean - limit) if at_least else (limit - s.mean)
+    noise = max(s.sd, resolution)
+    if s.n < min_seeds:
+        word = "no verdict"
+    elif abs(margin) <= noise:
+        word = "within noise"
+    else:
+        word = "met" if margin > 0 else "missed"
+    return {"verdict": word, "met": {"met": True, "missed": False}.get(word), "mean": s.mean, "sd": s.sd, "n": s.n,
+            "limit": limit, "at_least": at_least, "margin": margin, "noise": noise, "values": [float(v) for v in values]}
+
+
+def verdict_text(v: dict, digits: int = 2, unit: str = "") -> str:
+    """One line: "within noise: +0.12 +- 0.40 (n=3) against >= -0.30"."""
+    side = ">=" if v["at_least"] else "<="
+    body = format_spread(Spread(v["mean"], v["sd"], v["n"]), digits, unit)
+    extra = f" (fewer than {MIN_SEEDS} seeds)" if v["verdict"] == "no verdict" else ""
+    return f"{v['verdict']}{extra}: {body} against {side} {v['limit']:.{digits}f}{unit}"
+
+
+__all__ = ["MIN_SEEDS", "VERDICTS", "Spread", "binomial_se", "format_spread", "spread", "verdict", "verdict_text"]
