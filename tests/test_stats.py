@@ -57,3 +57,20 @@ def test_verdict_text_and_binomial_se():
     assert binomial_se(0.87, 872) * 100 == pytest.approx(1.14, abs=0.01)
     with pytest.raises(ValueError):
         binomial_se(1.2, 10)
+
+
+def test_non_monotone_flags_drops_and_says_if_they_are_clear():
+    from labkit.measure.stats import non_monotone
+
+    rows = [
+        {"backend": "fa2", "seq_len": 512, "latency_ms": 1.0, "p10_ms": 0.9, "p90_ms": 1.1},
+        {"backend": "fa2", "seq_len": 1024, "latency_ms": 0.95, "p10_ms": 0.9, "p90_ms": 1.2},  # inside the spread
+        {"backend": "fa2", "seq_len": 2048, "latency_ms": 3.0, "p10_ms": 2.9, "p90_ms": 3.1},
+        {"backend": "fa2", "seq_len": 4096, "latency_ms": 2.0, "p10_ms": 1.9, "p90_ms": 2.1},  # clear drop
+        {"backend": "eager", "seq_len": 4096, "latency_ms": None, "oom": True},  # not measured: ignored
+        {"backend": "eager", "seq_len": 512, "latency_ms": 2.0},
+        {"backend": "eager", "seq_len": 1024, "latency_ms": 4.0},
+    ]
+    flags = non_monotone(rows)
+    assert [(f["seq_len_from"], f["seq_len_to"], f["clear"]) for f in flags] == [(512, 1024, False), (2048, 4096, True)]
+    assert non_monotone(rows[5:]) == []

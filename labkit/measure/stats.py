@@ -93,4 +93,27 @@ def verdict_text(v: dict, digits: int = 2, unit: str = "") -> str:
     return f"{v['verdict']}{extra}: {body} against {side} {v['limit']:.{digits}f}{unit}"
 
 
-__all__ = ["MIN_SEEDS", "VERDICTS", "Spread", "binomial_se", "format_spread", "spread", "verdict", "verdict_text"]
+def non_monotone(rows: Sequence[dict], *, x: str = "seq_len", y: str = "latency_ms", group: str = "backend",
+                 low: str = "p10_ms", high: str = "p90_ms") -> list[dict]:
+    """Where a curve that should grow with `x` (latency against sequence length) goes down instead.
+
+    Per `group`, consecutive measured points (rows with a number in `y`) sorted by `x`; a drop is flagged with
+    `clear` True when even the spreads do not overlap (the larger length's `high` below the smaller one's `low`),
+    False when the drop is inside the spread (noise, but worth more repeats). Returns one dict per drop."""
+    flags: list[dict] = []
+    groups: dict = {}
+    for r in rows:
+        if isinstance(r.get(y), (int, float)) and r.get(x) is not None:
+            groups.setdefault(r.get(group), []).append(r)
+    for key, pts in groups.items():
+        pts = sorted(pts, key=lambda r: r[x])
+        for a, b in zip(pts, pts[1:]):
+            if b[y] < a[y]:
+                a_low, b_high = a.get(low, a[y]), b.get(high, b[y])
+                clear = b_high is not None and a_low is not None and b_high < a_low
+                flags.append({group: key, f"{x}_from": a[x], f"{x}_to": b[x], f"{y}_from": a[y], f"{y}_to": b[y],
+                              "clear": bool(clear)})
+    return flags
+
+
+__all__ = ["MIN_SEEDS", "VERDICTS", "Spread", "binomial_se", "format_spread", "non_monotone", "spread", "verdict", "verdict_text"]
