@@ -74,3 +74,19 @@ def test_non_monotone_flags_drops_and_says_if_they_are_clear():
     flags = non_monotone(rows)
     assert [(f["seq_len_from"], f["seq_len_to"], f["clear"]) for f in flags] == [(512, 1024, False), (2048, 4096, True)]
     assert non_monotone(rows[5:]) == []
+
+
+def test_seed_helpers():
+    from labkit.measure.stats import paired_differences, per_seed, seed_summary
+
+    runs = [
+        [{"variant": "fp32", "accuracy": 0.90}, {"variant": "qat", "accuracy": 0.89}],
+        [{"variant": "fp32", "accuracy": 0.92}, {"variant": "qat", "accuracy": 0.92}],
+        [{"variant": "fp32", "accuracy": 0.91}, {"variant": "qat", "error": "failed"}],
+    ]
+    assert per_seed(runs, "qat", "accuracy") == [0.89, 0.92]
+    assert paired_differences(runs, "qat", "fp32", "accuracy", scale=100) == pytest.approx([-1.0, 0.0])
+    table = seed_summary(runs, ["accuracy"])
+    assert table[0]["variant"] == "fp32" and table[0]["n_seeds"] == 3
+    assert table[0]["accuracy_mean"] == pytest.approx(0.91) and table[0]["accuracy_sd"] == pytest.approx(0.01)
+    assert table[1]["n_seeds"] == 2

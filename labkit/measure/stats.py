@@ -116,4 +116,46 @@ def non_monotone(rows: Sequence[dict], *, x: str = "seq_len", y: str = "latency_
     return flags
 
 
-__all__ = ["MIN_SEEDS", "VERDICTS", "Spread", "binomial_se", "format_spread", "non_monotone", "spread", "verdict", "verdict_text"]
+def per_seed(runs: Sequence[Sequence[dict]], variant: str, key: str, *, by: str = "variant") -> list[float]:
+    """`key` of the row whose `by` is `variant`, in each run (one run = the rows of one seed); runs without it
+    (a failed variant) are skipped."""
+    out = []
+    for rows in runs:
+        row = next((r for r in rows if r.get(by) == variant), None)
+        if row is not None and isinstance(row.get(key), (int, float)):
+            out.append(float(row[key]))
+    return out
+
+
+def paired_differences(runs: Sequence[Sequence[dict]], a: str, b: str, key: str, *, scale: float = 1.0,
+                       by: str = "variant") -> list[float]:
+    """scale * (a - b) of `key` within each run where both variants have it: the per-seed differences a verdict
+    needs (pairing by seed removes what the two share, e.g. the same fine-tuned start and data order)."""
+    out = []
+    for rows in runs:
+        ra = next((r for r in rows if r.get(by) == a), None)
+        rb = next((r for r in rows if r.get(by) == b), None)
+        if ra is not None and rb is not None and isinstance(ra.get(key), (int, float)) \
+                and isinstance(rb.get(key), (int, float)):
+            out.append(scale * (float(ra[key]) - float(rb[key])))
+    return out
+
+
+def seed_summary(runs: Sequence[Sequence[dict]], keys: Sequence[str], *, by: str = "variant") -> list[dict]:
+    """One row per variant: `<key>_mean`, `<key>_sd`, `n_seeds` over the runs (variant order of the first run)."""
+    variants = list(dict.fromkeys(r.get(by) for rows in runs for r in rows))
+    table = []
+    for v in variants:
+        row: dict = {by: v}
+        for key in keys:
+            vals = per_seed(runs, v, key, by=by)
+            if vals:
+                s = spread(vals)
+                row.update({f"{key}_mean": s.mean, f"{key}_sd": s.sd})
+                row["n_seeds"] = max(row.get("n_seeds", 0), s.n)
+        table.append(row)
+    return table
+
+
+__all__ = ["MIN_SEEDS", "VERDICTS", "Spread", "binomial_se", "format_spread", "non_monotone", "paired_differences", "per_seed",
+           "seed_summary", "spread", "verdict", "verdict_text"]
