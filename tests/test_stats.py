@@ -90,3 +90,14 @@ def test_seed_helpers():
     assert table[0]["variant"] == "fp32" and table[0]["n_seeds"] == 3
     assert table[0]["accuracy_mean"] == pytest.approx(0.91) and table[0]["accuracy_sd"] == pytest.approx(0.01)
     assert table[1]["n_seeds"] == 2
+
+
+def test_ratio_verdict():
+    from labkit.measure.stats import ratio_verdict
+
+    assert ratio_verdict((9, 10, 11), (29, 30, 31), 0.5)["verdict"] == "met"  # 0.33, spread 0.29..0.38
+    assert ratio_verdict((19, 20, 21), (29, 30, 31), 0.5)["verdict"] == "missed"  # 0.67
+    v = ratio_verdict((13, 15, 17), (28, 30, 32), 0.5)  # 0.5 exactly, spread 0.41..0.61
+    assert v["verdict"] == "within noise" and v["met"] is None
+    with pytest.raises(ValueError):
+        ratio_verdict((0, 1, 2), (1, 2, 3), 0.5)

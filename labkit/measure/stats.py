@@ -157,5 +157,23 @@ def seed_summary(runs: Sequence[Sequence[dict]], keys: Sequence[str], *, by: str
     return table
 
 
-__all__ = ["MIN_SEEDS", "VERDICTS", "Spread", "binomial_se", "format_spread", "non_monotone", "paired_differences", "per_seed",
+def ratio_verdict(a: tuple[float, float, float], b: tuple[float, float, float], limit: float, *,
+                  at_most: bool = True) -> dict:
+    """Verdict on a ratio of two timings a / b, each given as (p10, p50, p90) of its repeats.
+
+    The ratio of medians decides the side of `limit`; "within noise" when `limit` lies inside the ratio's spread
+    [a.p10 / b.p90, a.p90 / b.p10]. Returns {"verdict", "met", "ratio", "ratio_low", "ratio_high", "limit"}."""
+    (a10, a50, a90), (b10, b50, b90) = a, b
+    if min(a10, a50, a90, b10, b50, b90) <= 0:
+        raise ValueError(f"timings must be positive, got {a} and {b}")
+    ratio, low, high = a50 / b50, a10 / b90, a90 / b10
+    if low <= limit <= high:
+        word = "within noise"
+    else:
+        word = "met" if (ratio <= limit) == at_most else "missed"
+    return {"verdict": word, "met": {"met": True, "missed": False}.get(word), "ratio": ratio, "ratio_low": low,
+            "ratio_high": high, "limit": limit}
+
+
+__all__ = ["MIN_SEEDS", "VERDICTS", "Spread", "binomial_se", "format_spread", "non_monotone", "paired_differences", "per_seed", "ratio_verdict",
            "seed_summary", "spread", "verdict", "verdict_text"]
