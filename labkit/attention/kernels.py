@@ -134,8 +134,11 @@ def bench_kernel(backend: str, batch: int, heads: int, seq_len: int, head_dim: i
                    for _ in range(3))
         with kernel_context(backend):  # forced for the whole timing loop: a fallback raises, nothing extra is timed
             fn = kernel_callable(backend, q, k, v, causal, force=False)
-            timing = time_callable(fn, device=device, warmup=warmup, repeat=repeat)
-        row.update(ok=True, ms=timing.median_ms, p10_ms=timing.p10_ms, p90_ms=timing.p90_ms,
+            # L2 evicted before every call: at small N the inputs fit in L2 and back-to-back calls would read them
+            # from cache, unlike in a model
+            timing = time_callable(fn, device=device, warmup=warmup, repeat=repeat, flush_l2=True)
+        row.update(ok=True, ms=timing.median_ms, p10_ms=timing.p10_ms, p90_ms=timing.p90_ms, repeats=timing.repeats,
+                   l2_flushed=device.type == "cuda",
                    tflops=row["gflop"] / 1e3 / (timing.median_ms / 1e3))
     except Exception as err:  # noqa: BLE001 - failures are rows
         failure = (is_memory_error(err), error_text(err))
