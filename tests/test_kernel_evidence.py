@@ -79,3 +79,22 @@ def test_bad_mode_and_no_int8_layers(tiny, x):
     with pytest.raises(ValueError, match="mode"):
         matmul_evidence(tiny, lambda: tiny(x), "int4")
     assert not matmul_evidence(tiny, lambda: tiny(x), "w8a8").ok  # claims INT8, has none
+
+
+def test_hybrid_check_fails_a_w8a8_model_that_multiplies_in_float(monkeypatch):
+    """The after-conversion check of notebook 03 / the hybrid benchmark includes the matmul evidence."""
+    import torchao.kernel.intmm as intmm
+
+    from labkit.experiments.hybrid.checks import check_hybrid, snapshot_unselected
+    from labkit.models import build_from_shape
+
+    model = build_from_shape("tiny-llama", dtype=torch.float32, device="cpu", num_layers=1)
+    selected = ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj", "model.layers.0.mlp.down_proj"]
+    snap = snapshot_unselected(model, selected)
+    quantize_dynamic_int8(model, selected)
+    good = check_hybrid(model, selected, snap, "sdpa", quantized=True, mode="w8a8")
+    assert good["ok"] and good["matmul_ok"] and good["matmul_evidence"]["integer_calls"] >= 3, good["matmul"]
+    monkeypatch.setattr(intmm, "_int_scaled_matmul_cpu",
+                        lambda a, b, scales: (a.float() @ b.float()).to(scales.dtype) * scales)
+    bad = check_hybrid(model, selected, snap, "sdpa", quantized=True, mode="w8a8")
+    assert not bad["ok"] and not bad["matmul_ok"] and "float" in bad["matmul"]

@@ -48,7 +48,8 @@ def prefill_entry(point) -> dict:
     """One prefill length of a variant, as stored in a row's `prefill` list (structured: one dict per length)."""
     activation = (point.peak_gib - point.baseline_gib
                   if point.peak_gib is not None and point.baseline_gib is not None else None)
-    return {"seq_len": point.seq_len, "latency_ms": point.latency_ms, "peak_gib": point.peak_gib, "oom": point.oom,
+    return {"seq_len": point.seq_len, "latency_ms": point.latency_ms, "p10_ms": point.p10_ms, "p90_ms": point.p90_ms,
+            "repeats": point.repeats, "peak_gib": point.peak_gib, "oom": point.oom,
             "activation_gib": activation, "memory_kind": point.memory_kind, "error": point.error}
 
 
@@ -119,7 +120,8 @@ def make_variant(master: nn.Module, variant: str | Variant, cfg: HybridConfig, s
         (quantize_dynamic_int8 if v.mode == "w8a8" else quantize_weight_only_int8)(model, selected)
     backend = attention_backend(device)
     set_backend(model, backend)
-    info["checks"] = check_hybrid(model, selected, snapshot, backend, quantized=v.method is not None)
+    info["checks"] = check_hybrid(model, selected, snapshot, backend, quantized=v.method is not None,
+                                  mode=v.mode if v.method is not None else "float")
     del snapshot
     return model, info
 

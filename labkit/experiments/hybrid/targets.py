@@ -88,8 +88,8 @@ def latency_effect(rows: list[dict], shape_rows: list[dict] | None = None) -> li
 
 
 def checks_table(checks: dict[str, dict]):
-    """One row per variant: attention kernel evidence, INT8 == selection, unselected layers untouched."""
-    cols = ["attention", "int8_layers", "int8_matches_selection", "unselected_checked", "unselected_untouched",
+    """One row per variant: attention kernel evidence, matmul evidence, INT8 == selection, unselected untouched."""
+    cols = ["attention", "matmul", "int8_layers", "int8_matches_selection", "unselected_checked", "unselected_untouched",
             "head_still_tied", "fake_quantized_match", "ok"]
     table = pd.DataFrame.from_dict(checks, orient="index")
     return table[[c for c in cols if c in table.columns]]
