@@ -126,13 +126,15 @@ def matmul_evidence(model: nn.Module, fn: Callable[[], object], mode: str, *, in
                     require_weight_kernel: bool = False) -> KernelEvidence:
     """Profile one call of `fn()` (which runs `model`) and judge the matmuls against `mode` (w8a8 / w8 / float).
 
-    `int8_layers`: how many INT8 layers one call runs (default: every INT8 Linear of `model`, each called once)."""
-    from labkit.quant.report import int8_modules
+    `int8_layers`: how many INT8 Linear layers one call runs (default: every INT8 Linear of `model`, each called
+    once; INT8 embeddings are lookups, not matmuls, and are not counted)."""
+    from labkit.quant.report import is_int8_weight
 
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not a variant kind; use one of {MODES}")
     if int8_layers is None:
-        int8_layers = 0 if mode == "float" else len(int8_modules(model))
+        int8_layers = 0 if mode == "float" else sum(
+            1 for m in model.modules() if isinstance(m, nn.Linear) and is_int8_weight(getattr(m, "weight", None)))
     ops, kernels = profile_ops(fn)
     found = classify(ops, kernels)
     return judge(KernelEvidence(mode=mode, int8_layers=int8_layers, **found), require_weight_kernel)
