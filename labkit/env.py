@@ -134,14 +134,23 @@ def report(backends: dict[str, str] | None = None) -> EnvReport:
     )
 
 
-def provenance(command: str | None = None) -> dict:
-    """The provenance block every committed result file carries: device, versions, date, command."""
+def provenance(command: str | None = None, profile: str | None = None) -> dict:
+    """The provenance block every committed result file carries: device, versions, date, command, profile.
+
+    `profile` is the profile that ran (a benchmark's --profile wins over $LABKIT_PROFILE, so pass it: reading the
+    variable here would record what the environment said, not what ran). The command gets `--profile <profile>`
+    when it lacks one, so re-running the recorded command runs the same profile whatever the environment says."""
     import datetime
 
     rep = report()
+    profile = profile or rep.profile
+    if command is None:
+        command = " ".join([os.path.basename(sys.executable)] + sys.argv)
+    if "--profile" not in command.split() and not any(a.startswith("--profile=") for a in command.split()):
+        command += f" --profile {profile}"
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": command if command is not None else " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "command": command,
         "device": rep.device,
         "device_name": rep.device_name,
         "compute_capability": rep.compute_capability,
@@ -152,5 +161,5 @@ def provenance(command: str | None = None) -> dict:
         "cudnn": rep.cudnn,
         "driver": rep.driver,
         "versions": rep.versions,
-        "profile": rep.profile,
+        "profile": profile,
     }

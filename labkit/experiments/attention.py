@@ -77,7 +77,7 @@ def run(args) -> dict:
     grid = sorted({*cfg["seq_lens"], *[int(2 ** (k / 4)) for k in range(4 * 6, 4 * 15 + 1)]})
     grid = [n for n in grid if min(cfg["seq_lens"]) <= n <= max(cfg["seq_lens"])]
     result = {
-        "provenance": provenance(command_line(getattr(args, "argv", None))),
+        "provenance": provenance(command_line(getattr(args, "argv", None)), cfg["profile"]),
         "experiment": "attention",
         "config": {**cfg, "dtype": str(dtype).removeprefix("torch."), "backends": backends,
                    "measured": "model(input_ids, use_cache=False, logits_to_keep=1): full forward (prefill), "

@@ -109,7 +109,7 @@ def run(args) -> dict:
     cfg, device, profile = args.cfg, args.device, args.profile_name
     started = time.perf_counter()
     result: dict = {
-        "provenance": provenance(command_line(getattr(args, "argv", None))), "experiment": "hybrid",
+        "provenance": provenance(command_line(getattr(args, "argv", None)), profile), "experiment": "hybrid",
         "profile": profile, "config": cfg.as_dict(), "meta": {}, "selected": [], "rows": [], "checks": {},
         "losses": {}, "sensitivity": None, "shape_rows": [], "targets": [], "latency_effect": [], "errors": [],
         "notes": [

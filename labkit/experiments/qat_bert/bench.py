@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg, profile = args.cfg, args.profile_name
-    data: dict = {"provenance": {**provenance(command_line(getattr(args, "argv", None))), "profile": profile},
+    data: dict = {"provenance": provenance(command_line(getattr(args, "argv", None)), profile),
                   "experiment": EXPERIMENT, "config": {**asdict(cfg), "layers": str(cfg.layers)}, "rows": []}
     run_ = Run(data, *args.paths, resume=args.resume)
     print(f"qat: profile {profile}, {cfg.dataset}, {cfg.model}, {torch.get_num_threads()} threads; "
