@@ -73,3 +73,34 @@ def test_run_seeds_tiny_with_resume_and_matmul_evidence():
     assert "integer matmul" in checks[("qat", "eager")]["evidence"]
     report = seeds_report(cfg, {0: first.rows}, 16)
     assert report["seeds"] == [0] and report["targets"][0]["verdict"] == "no verdict"
+
+
+def test_bench_runs_seeds_resumes_and_fails_on_a_float_fallback(tmp_path, monkeypatch, capsys):
+    """`python -m labkit.bench qat`: each seed appended to <out>.jsonl; --resume skips finished seeds; an INT8
+    variant whose profile shows no integer matmul makes the run fail (exit 1, reason printed)."""
+    import json
+
+    import labkit.experiments.qat_bert.pipeline as pipeline
+    from labkit.cli import main
+    from labkit.experiments.qat_bert.pipeline import QATBertResult
+
+    calls = []
+
+    def fake_run(cfg, **kw):
+        calls.append(cfg.seed)
+        rows = _rows(0.90, 0.90 - 0.001 * cfg.seed)
+        rows[2].update(matmul_eager_ok=cfg.seed != 99, matmul_eager="stub evidence")
+        return QATBertResult(config={"seed": cfg.seed, "n_eval_actual": 872}, rows=rows)
+
+    monkeypatch.setattr(pipeline, "run_qat_bert", fake_run)
+    out = tmp_path / "qat.json"
+    base = ["qat", "--profile", "quick", "--out", str(out), "--no-compile"]
+    assert main(base + ["--seeds", "0,1"]) == 0 and calls == [0, 1]
+    assert [json.loads(x)["seed"] for x in out.with_suffix(".jsonl").read_text().splitlines()] == [0, 1]
+    assert main(base + ["--seeds", "0,1,2", "--resume"]) == 0 and calls == [0, 1, 2]  # only seed 2 ran again
+    data = json.loads(out.read_text())
+    assert data["seeds"] == [0, 1, 2] and data["targets"][0]["seeds"] == 3 and data["status"] == "complete"
+    assert data["seed_summary"][2]["variant"] == "qat" and data["seed_summary"][2]["n_seeds"] == 3
+    assert data["provenance"]["profile"] == "quick"
+    assert main(base + ["--seeds", "99"]) == 1  # the INT8 variant ran no integer kernel
+    assert "integer" in capsys.readouterr().out and json.loads(out.read_text())["status"] == "failed"

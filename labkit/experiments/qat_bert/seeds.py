@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from labkit.experiments.qat_bert.pipeline import QATBertConfig, QATBertResult, run_qat_bert
+from labkit.experiments.qat_bert import pipeline
+from labkit.experiments.qat_bert.pipeline import QATBertConfig, QATBertResult
 from labkit.experiments.qat_bert.report import target_checks
 from labkit.measure.stats import seed_summary
 
@@ -30,7 +31,7 @@ def run_seeds(
     for i, seed in enumerate(cfg.seeds):
         if seed in rows:
             continue
-        result = run_qat_bert(replace(cfg, seed=seed, latency=cfg.latency and i == 0), progress=progress)
+        result = pipeline.run_qat_bert(replace(cfg, seed=seed, latency=cfg.latency and i == 0), progress=progress)
         rows[seed] = result.rows
         if first is None:
             first = result
