@@ -65,3 +65,59 @@ def test_run_hybrid_seeds_tiny():
     assert [r["seed"] for r in by_seed[1] if r["variant"] == "qat-w8a8"] == [1]
     checks = hy.evaluate_targets(first.rows, runs=list(by_seed.values()))
     assert all(t["seeds"] == 3 for t in checks if "seeds" in t)
+
+
+def test_memory_cap_is_judged_directly():
+    shape = [{"mode": "bf16", "kind": "prefill", "seq_len": 64, "ok": True, "oom": False, "weight_gib": 2.0,
+              "peak_gib": 3.0, "model": "m", "variant": "bf16+fa2"},
+             {"mode": "w8", "kind": "prefill", "seq_len": 64, "ok": True, "oom": False, "weight_gib": 1.0,
+              "peak_gib": 74.0, "model": "m", "variant": "int8-ff-w8+fa2", "memory_cap_gib": 74.5}]
+    reach = [t for t in hy.evaluate_targets([], shape, long_len=64) if "reaches" in t["target"]][0]
+    assert reach["met"] is True and "cap" in reach["measured"]
+    shape[1].update(ok=False, oom=True, peak_gib=None)
+    reach = [t for t in hy.evaluate_targets([], shape, long_len=64) if "reaches" in t["target"]][0]
+    assert reach["met"] is False and reach["measured"].startswith("out of memory under")
+
+
+def test_gpu_memory_cap_without_cuda_is_a_no_op():
+    from labkit.measure.memory import GpuMemoryCap
+
+    with GpuMemoryCap(80e9, "cpu") as cap:
+        assert cap.fraction is None and cap.as_dict()["applied"] is False
+    with pytest.raises(ValueError, match="above 0"):
+        GpuMemoryCap(0)
+
+
+def test_bench_resumes_finished_seeds(tmp_path, monkeypatch):
+    """The hybrid benchmark appends each finished seed to <out>.jsonl; --resume does not run it again."""
+    import json
+
+    import labkit.experiments.hybrid.bench as bench
+    from labkit.cli import main
+
+    tiny = build_from_shape("tiny-llama", dtype=torch.float32, device="cpu", num_layers=1)
+    g = torch.Generator().manual_seed(0)
+    blocks = torch.randint(0, 256, (8, 16), generator=g)
+
+    class Tok:
+        pass
+
+    monkeypatch.setattr(bench, "load_causal_lm", lambda *a, **k: (tiny, Tok()))
+    import labkit.experiments.hybrid.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "wikitext_blocks", lambda *a, **k: blocks)
+    ran = []
+    real = pipeline.make_variant
+    monkeypatch.setattr(pipeline, "make_variant", lambda m, v, cfg, *a, **k: (ran.append((cfg.seed, v.name)),
+                                                                                real(m, v, cfg, *a, **k))[1])
+    out = tmp_path / "h.json"
+    base = ["hybrid", "--profile", "quick", "--out", str(out), "--shape", "none", "--no-sensitivity",
+            "--variants", "base,base-ft,qat-w8a8", "--seq-len", "16", "--steps", "1", "--prefill-lens", "16"]
+    assert main(base + ["--seeds", "0,1"]) == 0
+    assert ran == [(0, "base"), (0, "base-ft"), (0, "qat-w8a8"), (1, "base-ft"), (1, "qat-w8a8")]
+    ran.clear()
+    assert main(base + ["--seeds", "0,1,2", "--resume"]) == 0
+    assert ran == [(2, "base-ft"), (2, "qat-w8a8")]
+    data = json.loads(out.read_text())
+    assert sorted(data["seed_rows"]) == ["0", "1", "2"] and data["status"] == "complete"
+    assert [t["seeds"] for t in data["targets"] if "seeds" in t] == [3]
