@@ -73,6 +73,13 @@ def evaluate_targets(rows: list[dict], shape_rows: list[dict] | None = None, lon
     return out
 
 
+def file_targets(result: dict) -> list[dict]:
+    """The targets of a result file judged again by today's rules (its rows, shape rows and seed rows): a file
+    written before seeds were recorded gets "no verdict" on perplexity, whatever it said then."""
+    runs = list((result.get("seed_rows") or {}).values()) or None
+    return evaluate_targets(result.get("rows", []), result.get("shape_rows"), runs=runs)
+
+
 def _paired(runs: list[list[dict]], a: str, b: str, key: str = "ppl") -> tuple[list[float], list[float]]:
     """(values of a, values of b) of `key` from the runs where both variants have it, in the same order."""
     xs, ys = [], []

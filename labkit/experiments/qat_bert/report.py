@@ -88,6 +88,13 @@ def target_checks(rows: list[dict], runs: list[list[dict]] | None = None, n_eval
     return checks
 
 
+def file_targets(result: dict) -> list[dict]:
+    """The targets of a result file judged again by today's rules (its rows and seed rows): a file written before
+    seeds were recorded gets "no verdict" on accuracy, whatever it said then."""
+    runs = list((result.get("seed_rows") or {}).values()) or None
+    return target_checks(result["rows"], runs, result.get("config", {}).get("n_eval_actual"))
+
+
 def _timing(row: dict, key: str) -> tuple[float, float, float] | None:
     """(p10, median, p90) of a latency column, the median standing in for a missing percentile."""
     mid = row.get(key)
