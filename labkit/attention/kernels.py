@@ -18,6 +18,7 @@ import torch
 
 from labkit.attention.backends import BACKENDS, unavailable_reason
 from labkit.measure.memory import error_text, is_memory_error, release_memory
+from labkit.measure.stats import non_monotone
 from labkit.measure.timing import time_callable
 
 # kernel-level backends: the model-level names, plus SDPA's memory-efficient kernel for reference
@@ -244,4 +245,5 @@ def kernel_benchmark(profile: str, device: torch.device | str | None = None, bac
         for n in check]
     return {"config": {**cfg, "seq_lens": seq_lens, "causal": True, "dtype": str(dtype).removeprefix("torch."),
                        "flops": "4*B*H*N^2*D, halved for causal"},
-            "rows": rows, "plain_script_check": plain, "plain_script": PLAIN_SCRIPT.strip()}
+            "rows": rows, "plain_script_check": plain, "plain_script": PLAIN_SCRIPT.strip(),
+            "non_monotone": non_monotone(rows, y="ms")}

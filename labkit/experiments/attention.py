@@ -22,6 +22,7 @@ from labkit.attention.memory_model import GIB, ModelShape, memory_curves, predic
 from labkit.attention.sweep import ModelSpec, sweep
 from labkit.env import get_profile, provenance
 from labkit.measure.memory import device_memory_gib, release_memory
+from labkit.measure.stats import non_monotone
 from labkit.models import EMBEDDED_CAUSAL_LMS, SHAPES
 from labkit.results.files import command_line, device_slug
 from labkit.results.run import Run, check_run_options, publish
@@ -127,6 +128,12 @@ def run(args) -> dict:
         if not any(r["ok"] for r in result["rows"]):
             errors = sorted({r["error"] for r in result["rows"] if r.get("error")})
             run_.fail("no point was measured" + (f": {errors[0]}" if errors else ""))
+        # latency should grow with N: a drop is flagged ("clear" when even the p10-p90 spreads do not overlap)
+        result["non_monotone"] = non_monotone(result["rows"])
+        for f in result["non_monotone"]:
+            print(f"  note: {f['backend']} latency drops from N={f['seq_len_from']} to N={f['seq_len_to']} "
+                  f"({f['latency_ms_from']:.2f} -> {f['latency_ms_to']:.2f} ms, "
+                  f"{'beyond' if f['clear'] else 'within'} the p10-p90 spread)", flush=True)
     publish(run_, args, "attention", device_slug(device))
     return result
 
