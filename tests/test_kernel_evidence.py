@@ -98,3 +98,14 @@ def test_hybrid_check_fails_a_w8a8_model_that_multiplies_in_float(monkeypatch):
                         lambda a, b, scales: (a.float() @ b.float()).to(scales.dtype) * scales)
     bad = check_hybrid(model, selected, snap, "sdpa", quantized=True, mode="w8a8")
     assert not bad["ok"] and not bad["matmul_ok"] and "float" in bad["matmul"]
+
+
+def test_fp8_and_labkit_claims():
+    from labkit.quant.kernel_evidence import SHAPE_MODE_CLAIMS, KernelEvidence, judge
+
+    found = classify(Counter({"aten::_scaled_mm": 4, "aten::mm": 1}), Counter({"_int8_weight_only_kernel_0d1": 3}))
+    assert found["fp8"] == {"aten::_scaled_mm": 4} and found["int8_weight"] == {"_int8_weight_only_kernel_0d1": 3}
+    assert judge(KernelEvidence("fp8", 4, fp8={"aten::_scaled_mm": 4})).ok
+    assert not judge(KernelEvidence("fp8", 4, float={"aten::mm": 4})).ok
+    assert judge(KernelEvidence("w8", 3, int8_weight={"_int8_weight_only_kernel": 3}), require_weight_kernel=True).ok
+    assert set(SHAPE_MODE_CLAIMS) >= {"bf16", "w8", "w8a8", "w8-labkit", "fp8"}

@@ -8,7 +8,9 @@ back to a float (or int32) `torch.matmul` on shapes cuBLAS refuses, compiled CPU
     integer      int8 x int8 -> int32 kernels: aten::_int_mm, oneDNN qlinear (compiled with freezing on x86),
                  quantized::linear*, and on a GPU CUDA kernels whose names say int8 (imma, s8s8, i8i8 ...)
     int8_weight  int8 weights with float activations in one kernel: aten::_weight_int8pack_mm, labkit's
-                 Triton weight-only kernel
+                 Triton weight-only kernel (a CUDA kernel; its op falls back to dequantize + float matmul above
+                 16 rows, e.g. in prefill, by design)
+    fp8          aten::_scaled_mm (FP8 tensor cores)
     float        aten::mm / addmm / bmm / matmul / linear (the unquantized layers, and any fallback)
 
 and checks it against what the variant claims: "w8a8" (dynamic INT8 activations) must have run at least one
@@ -28,10 +30,16 @@ from torch import nn
 
 INTEGER_OPS = re.compile(
     r"^(aten::_int_mm|onednn::qlinear_pointwise.*|quantized::linear.*|quantized_decomposed::.*int_mm.*)$")
-INT8_WEIGHT_OPS = re.compile(r"^(aten::_weight_int8pack_mm|labkit::int8_weight_only_linear)$")
+INT8_WEIGHT_OPS = re.compile(r"^aten::_weight_int8pack_mm$")
+# labkit's custom op dequantizes and calls a float matmul above 16 rows, so only its Triton kernel is evidence
+INT8_WEIGHT_CUDA_KERNELS = re.compile(r"_int8_weight_only_kernel")
+FP8_OPS = re.compile(r"^aten::_scaled_mm(_v2)?$")
 FLOAT_OPS = re.compile(r"^aten::(mm|addmm|bmm|baddbmm|matmul|linear)$")
 INT8_CUDA_KERNELS = re.compile(r"s8s8|i8i8|imma|igemm|int8|_int_mm|_s8_|_i8_", re.IGNORECASE)
-MODES = ("w8a8", "w8", "float")
+MODES = ("w8a8", "w8", "fp8", "float")
+SHAPE_MODE_CLAIMS = {"bf16": ("float", False), "w8": ("w8", False), "w8a8": ("w8a8", False),
+                     "w8-labkit": ("w8", False), "fp8": ("fp8", False)}
+"""A benchmark mode -> (the claim matmul_evidence checks, whether an int8-weight kernel is required)."""
 
 
 class Int8KernelError(RuntimeError):
@@ -46,6 +54,7 @@ class KernelEvidence:
     int8_layers: int
     integer: dict[str, int] = field(default_factory=dict)
     int8_weight: dict[str, int] = field(default_factory=dict)
+    fp8: dict[str, int] = field(default_factory=dict)
     float: dict[str, int] = field(default_factory=dict)
     cuda_int8_kernels: dict[str, int] = field(default_factory=dict)
     ok: bool = False
@@ -59,7 +68,8 @@ class KernelEvidence:
         return asdict(self) | {"integer_calls": self.integer_calls}
 
     def __str__(self) -> str:
-        ran = ", ".join(f"{k} x{v}" for k, v in {**self.integer, **self.int8_weight, **self.float}.items()) or "none"
+        ran = ", ".join(f"{k} x{v}" for k, v in {**self.integer, **self.int8_weight, **self.fp8,
+                                                 **self.float}.items()) or "none"
         return f"{'ok' if self.ok else 'FAILED'} ({self.mode}, {self.int8_layers} INT8 layers): {self.reason}; ran {ran}"
 
 
@@ -83,14 +93,18 @@ def profile_ops(fn: Callable[[], object]) -> tuple[Counter, Counter]:
 
 def classify(ops: Counter, kernels: Counter | None = None) -> dict[str, dict[str, int]]:
     """Matmul operators by kind: integer, int8_weight, float; plus CUDA kernels whose names say int8."""
-    out: dict[str, dict[str, int]] = {"integer": {}, "int8_weight": {}, "float": {}, "cuda_int8_kernels": {}}
+    out: dict[str, dict[str, int]] = {"integer": {}, "int8_weight": {}, "fp8": {}, "float": {},
+                                      "cuda_int8_kernels": {}}
     for name, calls in sorted(ops.items()):
-        for kind, pattern in (("integer", INTEGER_OPS), ("int8_weight", INT8_WEIGHT_OPS), ("float", FLOAT_OPS)):
+        for kind, pattern in (("integer", INTEGER_OPS), ("int8_weight", INT8_WEIGHT_OPS), ("fp8", FP8_OPS),
+                              ("float", FLOAT_OPS)):
             if pattern.match(name):
                 out[kind][name] = calls
                 break
     for name, calls in sorted((kernels or {}).items()):
-        if INT8_CUDA_KERNELS.search(name):
+        if INT8_WEIGHT_CUDA_KERNELS.search(name):
+            out["int8_weight"][name[:160]] = calls
+        elif INT8_CUDA_KERNELS.search(name):
             out["cuda_int8_kernels"][name[:160]] = calls
     return out
 
@@ -99,10 +113,15 @@ def judge(evidence: KernelEvidence, require_weight_kernel: bool = False) -> Kern
     """Fill `ok` and `reason` from what ran against what the mode claims."""
     e = evidence
     if e.mode == "float":
-        e.ok = e.integer_calls == 0 and not e.int8_weight
-        e.reason = "float model, float matmuls" if e.ok else "a float model ran integer kernels"
+        e.ok = e.integer_calls == 0 and not e.int8_weight and not e.fp8
+        e.reason = "float model, float matmuls" if e.ok else "a float model ran 8-bit kernels"
     elif e.int8_layers == 0:
-        e.ok, e.reason = False, f"{e.mode} variant has no INT8 layers"
+        e.ok, e.reason = False, f"{e.mode} variant has no 8-bit layers"
+    elif e.mode == "fp8":
+        calls = sum(e.fp8.values())
+        e.ok = calls >= e.int8_layers
+        e.reason = (f"{calls} FP8 matmul calls (_scaled_mm) for {e.int8_layers} FP8 layers" if e.ok else
+                    f"only {calls} FP8 matmul calls for {e.int8_layers} FP8 layers: the rest ran in a wider float")
     elif e.mode == "w8a8":
         calls = max(e.integer_calls, sum(e.cuda_int8_kernels.values()))  # ops, or int8 kernels in compiled code
         e.ok = calls >= e.int8_layers
@@ -126,18 +145,30 @@ def matmul_evidence(model: nn.Module, fn: Callable[[], object], mode: str, *, in
                     require_weight_kernel: bool = False) -> KernelEvidence:
     """Profile one call of `fn()` (which runs `model`) and judge the matmuls against `mode` (w8a8 / w8 / float).
 
-    `int8_layers`: how many INT8 Linear layers one call runs (default: every INT8 Linear of `model`, each called
+    `int8_layers`: how many 8-bit Linear layers one call runs (default: `quantized_linears(model)`, each called
     once; INT8 embeddings are lookups, not matmuls, and are not counted)."""
-    from labkit.quant.report import is_int8_weight
-
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not a variant kind; use one of {MODES}")
     if int8_layers is None:
-        int8_layers = 0 if mode == "float" else sum(
-            1 for m in model.modules() if isinstance(m, nn.Linear) and is_int8_weight(getattr(m, "weight", None)))
+        int8_layers = 0 if mode == "float" else quantized_linears(model)
     ops, kernels = profile_ops(fn)
     found = classify(ops, kernels)
     return judge(KernelEvidence(mode=mode, int8_layers=int8_layers, **found), require_weight_kernel)
+
+
+def quantized_linears(model: nn.Module) -> int:
+    """Linear layers stored in 8 bits: torchao INT8 / FP8 weights on an nn.Linear, or labkit's INT8 modules."""
+    from labkit.quant.report import is_int8_weight, is_labkit_int8
+
+    count = 0
+    for m in model.modules():
+        w = getattr(m, "weight", None)
+        if is_labkit_int8(m):
+            count += 1
+        elif isinstance(m, nn.Linear) and (is_int8_weight(w) or "Float8" in type(w).__name__
+                                           or "Float8" in type(getattr(w, "data", None)).__name__):
+            count += 1
+    return count
 
 
 def require_integer_kernels(evidence: KernelEvidence) -> KernelEvidence:
@@ -150,9 +181,11 @@ def require_integer_kernels(evidence: KernelEvidence) -> KernelEvidence:
 __all__ = [
     "Int8KernelError",
     "KernelEvidence",
+    "SHAPE_MODE_CLAIMS",
     "classify",
     "judge",
     "matmul_evidence",
     "profile_ops",
+    "quantized_linears",
     "require_integer_kernels",
 ]

@@ -22,7 +22,8 @@ def snapshot_unselected(model: nn.Module, selected: list[str]) -> dict[str, torc
 
 
 def check_hybrid(model: nn.Module, selected: list[str], snapshot: dict[str, torch.Tensor] | None,
-                 backend: str, quantized: bool, sample_len: int = 64, mode: str | None = None) -> dict:
+                 backend: str, quantized: bool, sample_len: int = 64, mode: str | None = None,
+                 require_weight_kernel: bool = False) -> dict:
     """Attention kernel (profiled forward), INT8 layers == selection, unselected Linears untouched, and with `mode`
     ("w8a8", "w8" or "float") the matmuls that ran: a w8a8 model that ran no integer matmul fails.
 
@@ -37,7 +38,8 @@ def check_hybrid(model: nn.Module, selected: list[str], snapshot: dict[str, torc
     if mode is not None:
         try:
             ids = random_input_ids(model, sample_len)
-            mm = matmul_evidence(model, lambda: model(input_ids=ids, use_cache=False, logits_to_keep=1), mode)
+            mm = matmul_evidence(model, lambda: model(input_ids=ids, use_cache=False, logits_to_keep=1), mode,
+                                 require_weight_kernel=require_weight_kernel)
             result.update(matmul_ok=mm.ok, matmul=str(mm), matmul_evidence=mm.as_dict())
         except Exception as err:  # noqa: BLE001
             result.update(matmul_ok=False, matmul=error_text(err))
