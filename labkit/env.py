@@ -138,16 +138,18 @@ def provenance(command: str | None = None, profile: str | None = None) -> dict:
     """The provenance block every committed result file carries: device, versions, date, command, profile.
 
     `profile` is the profile that ran (a benchmark's --profile wins over $LABKIT_PROFILE, so pass it: reading the
-    variable here would record what the environment said, not what ran). The command gets `--profile <profile>`
-    when it lacks one, so re-running the recorded command runs the same profile whatever the environment says."""
+    variable here would record what the environment said, not what ran). Given, the command gets
+    `--profile <profile>` when it lacks one, so re-running the recorded command runs the same profile whatever the
+    environment says. Not given: $LABKIT_PROFILE's profile is recorded, the command as it is."""
     import datetime
 
     rep = report()
-    profile = profile or rep.profile
     if command is None:
         command = " ".join([os.path.basename(sys.executable)] + sys.argv)
-    if "--profile" not in command.split() and not any(a.startswith("--profile=") for a in command.split()):
+    words = command.split()
+    if profile is not None and "--profile" not in words and not any(a.startswith("--profile=") for a in words):
         command += f" --profile {profile}"
+    profile = profile or rep.profile
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
