@@ -102,5 +102,8 @@ def test_bench_runs_seeds_resumes_and_fails_on_a_float_fallback(tmp_path, monkey
     assert data["seeds"] == [0, 1, 2] and data["targets"][0]["seeds"] == 3 and data["status"] == "complete"
     assert data["seed_summary"][2]["variant"] == "qat" and data["seed_summary"][2]["n_seeds"] == 3
     assert data["provenance"]["profile"] == "quick"
-    assert main(base + ["--seeds", "99"]) == 1  # the INT8 variant ran no integer kernel
-    assert "integer" in capsys.readouterr().out and json.loads(out.read_text())["status"] == "failed"
+    other = tmp_path / "qat99.json"
+    assert main(["qat", "--profile", "quick", "--out", str(other), "--no-compile", "--seeds", "99"]) == 1
+    assert "integer kernel check" in capsys.readouterr().out  # the INT8 variant ran no integer kernel
+    data = json.loads(other.read_text())
+    assert data["status"] == "failed" and "integer kernel check" in data["reason"]
