@@ -153,6 +153,11 @@ def _hybrid_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shape-modes", type=names, default=("bf16", "w8", "w8a8"),
                    help="comma-separated: bf16,w8,w8a8,w8-labkit (INT8 on labkit's Triton kernel),fp8 (FP8 row-wise, "
                         "GPUs >= 8.9)")
+    p.add_argument("--memory-cap-gb", type=float, default=80.0,
+                   help="cap PyTorch's GPU memory at this many GB (1e9 bytes) for the shape part, so 'fits an 80 GB "
+                        "card' is tested directly on a bigger one (default 80; 0: no cap)")
+    p.add_argument("--seeds", type=seed_list, default=None,
+                   help="comma-separated seeds for the fine-tuned variants (full: 0,1,2; quick: 0)")
 
 
 OPTIONS = {"qat": _qat_options, "attention": _attention_options, "kernels": _kernels_options,
