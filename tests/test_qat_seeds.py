@@ -86,7 +86,7 @@ def test_bench_runs_seeds_resumes_and_fails_on_a_float_fallback(tmp_path, monkey
 
     calls = []
 
-    def fake_run(cfg, **kw):
+    def fake_run(cfg, on_stage=None, **kw):
         calls.append(cfg.seed)
         rows = _rows(0.90, 0.90 - 0.001 * cfg.seed)
         rows[2].update(matmul_eager_ok=cfg.seed != 99, matmul_eager="stub evidence")
@@ -96,7 +96,9 @@ def test_bench_runs_seeds_resumes_and_fails_on_a_float_fallback(tmp_path, monkey
     out = tmp_path / "qat.json"
     base = ["qat", "--profile", "quick", "--out", str(out), "--no-compile"]
     assert main(base + ["--seeds", "0,1"]) == 0 and calls == [0, 1]
-    assert [json.loads(x)["seed"] for x in out.with_suffix(".jsonl").read_text().splitlines()] == [0, 1]
+    seeds_recorded = [json.loads(x)["seed"] for x in out.with_suffix(".jsonl").read_text().splitlines()
+                      if json.loads(x)["kind"] == "seed"]
+    assert seeds_recorded == [0, 1]
     assert main(base + ["--seeds", "0,1,2", "--resume"]) == 0 and calls == [0, 1, 2]  # only seed 2 ran again
     data = json.loads(out.read_text())
     assert data["seeds"] == [0, 1, 2] and data["targets"][0]["seeds"] == 3 and data["status"] == "complete"

@@ -89,10 +89,13 @@ def run(args: argparse.Namespace) -> dict:
                 item.update(config=result.config, threads=result.threads, round_trip=result.round_trip,
                             int8_modules={k: len(v) for k, v in result.int8_modules.items()},
                             stage_seconds=result.stage_seconds)
+            for row in result.rows:
+                run_.record("variant", {**row, "seed": seed})
             earlier[seed] = item
             run_.record("seed", item)
 
-        _, rows_by_seed = run_seeds(cfg, done={s: r["rows"] for s, r in earlier.items()}, on_seed=on_seed)
+        _, rows_by_seed = run_seeds(cfg, done={s: r["rows"] for s, r in earlier.items()}, on_seed=on_seed,
+                                    on_stage=lambda stage, s: run_.record("stage", {"stage": stage, "seconds": s}))
         first = earlier.get(cfg.seeds[0], {})
         seeds = seeds_report(cfg, rows_by_seed, first.get("config", {}).get("n_eval_actual"))
         matmul = matmul_checks(rows_by_seed[cfg.seeds[0]])
@@ -113,6 +116,7 @@ def run(args: argparse.Namespace) -> dict:
             "stage_seconds": first.get("stage_seconds"),
             "notes": NOTES,
         })
+        run_.record("result", {k: v for k, v in data.items() if k not in ("files", "resumed")})
         for check_ in data["targets"]:
             print(f"  [{check_.get('verdict', 'n/a')}] {check_['target']}: {check_['measured']}")
     publish(run_, args, EXPERIMENT, "cpu")

@@ -21,6 +21,7 @@ def run_seeds(
     *,
     done: dict[int, list[dict]] | None = None,
     on_seed: Callable[[int, QATBertResult], None] | None = None,
+    on_stage: Callable[[str, float], None] | None = None,
     progress: bool = True,
 ) -> tuple[QATBertResult | None, dict[int, list[dict]]]:
     """Run `cfg.seeds` in order; returns (the full result of the first seed run here, or None when it was in
@@ -31,7 +32,8 @@ def run_seeds(
     for i, seed in enumerate(cfg.seeds):
         if seed in rows:
             continue
-        result = pipeline.run_qat_bert(replace(cfg, seed=seed, latency=cfg.latency and i == 0), progress=progress)
+        result = pipeline.run_qat_bert(replace(cfg, seed=seed, latency=cfg.latency and i == 0), progress=progress,
+                                       on_stage=on_stage)
         rows[seed] = result.rows
         if first is None:
             first = result
