@@ -28,3 +28,12 @@ def test_hybrid_file_says_full_when_full_ran_under_a_quick_environment(tmp_path,
     data = json.loads(out.read_text())
     assert data["profile"] == "full" and data["provenance"]["profile"] == "full"
     assert "--profile full" in data["provenance"]["command"]
+
+
+def test_reference_devices_are_not_another_experiments_files():
+    """hybrid_qat_fsdp_h200x2.json belongs to hybrid-qat; notebook 03 read it as a "hybrid" device and failed."""
+    from labkit.results.reference import load_reference, reference_devices
+
+    assert all("_" not in slug for slug in reference_devices("hybrid"))
+    ref, _ = load_reference("hybrid")
+    assert ref is None or ref.get("experiment") == "hybrid"
