@@ -67,6 +67,17 @@ def positive_ints(text: str) -> tuple[int, ...]:
     return values
 
 
+def seed_list(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated seeds, whole numbers of at least 0 ("0,1,2")."""
+    try:
+        values = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of seeds; write them like 0,1,2") from None
+    if not values or min(values) < 0 or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct seeds of at least 0, like 0,1,2")
+    return values
+
+
 def names(text: str) -> tuple[str, ...]:
     """argparse type: comma-separated names ("fa2,sdpa")."""
     values = tuple(p.strip() for p in text.split(",") if p.strip())
@@ -83,6 +94,15 @@ def _qat_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fp32-steps", type=positive_int, default=None, help="FP32 fine-tuning steps")
     p.add_argument("--extra-steps", type=positive_int, default=None,
                    help="QAT steps = the FP32 reference's extra steps")
+    p.add_argument("--fp32-epochs", type=positive_float, default=None,
+                   help="FP32 fine-tuning epochs over the training rows (full: 3; --fp32-steps wins)")
+    p.add_argument("--extra-epochs", type=positive_float, default=None,
+                   help="QAT (and FP32 + extra) epochs (full: 1; --extra-steps wins)")
+    p.add_argument("--lr", type=positive_float, default=None, help="FP32 fine-tuning learning rate (full: 5e-5)")
+    p.add_argument("--extra-lr", type=positive_float, default=None, help="QAT / FP32-extra learning rate (full: 2e-5)")
+    p.add_argument("--seeds", type=seed_list, default=None, help="comma-separated seeds (full: 0,1,2; quick: 0)")
+    p.add_argument("--train-device", choices=("cpu", "cuda", "auto"), default=None,
+                   help="where training runs (full: auto = a GPU when visible); everything else runs on the CPU")
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile latency")
 
@@ -133,6 +153,11 @@ def _hybrid_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shape-modes", type=names, default=("bf16", "w8", "w8a8"),
                    help="comma-separated: bf16,w8,w8a8,w8-labkit (INT8 on labkit's Triton kernel),fp8 (FP8 row-wise, "
                         "GPUs >= 8.9)")
+    p.add_argument("--memory-cap-gb", type=float, default=80.0,
+                   help="cap PyTorch's GPU memory at this many GB (1e9 bytes) for the shape part, so 'fits an 80 GB "
+                        "card' is tested directly on a bigger one (default 80; 0: no cap)")
+    p.add_argument("--seeds", type=seed_list, default=None,
+                   help="comma-separated seeds for the fine-tuned variants (full: 0,1,2; quick: 0)")
 
 
 OPTIONS = {"qat": _qat_options, "attention": _attention_options, "kernels": _kernels_options,

@@ -134,14 +134,25 @@ def report(backends: dict[str, str] | None = None) -> EnvReport:
     )
 
 
-def provenance(command: str | None = None) -> dict:
-    """The provenance block every committed result file carries: device, versions, date, command."""
+def provenance(command: str | None = None, profile: str | None = None) -> dict:
+    """The provenance block every committed result file carries: device, versions, date, command, profile.
+
+    `profile` is the profile that ran (a benchmark's --profile wins over $LABKIT_PROFILE, so pass it: reading the
+    variable here would record what the environment said, not what ran). Given, the command gets
+    `--profile <profile>` when it lacks one, so re-running the recorded command runs the same profile whatever the
+    environment says. Not given: $LABKIT_PROFILE's profile is recorded, the command as it is."""
     import datetime
 
     rep = report()
+    if command is None:
+        command = " ".join([os.path.basename(sys.executable)] + sys.argv)
+    words = command.split()
+    if profile is not None and "--profile" not in words and not any(a.startswith("--profile=") for a in words):
+        command += f" --profile {profile}"
+    profile = profile or rep.profile
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": command if command is not None else " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "command": command,
         "device": rep.device,
         "device_name": rep.device_name,
         "compute_capability": rep.compute_capability,
@@ -152,5 +163,5 @@ def provenance(command: str | None = None) -> dict:
         "cudnn": rep.cudnn,
         "driver": rep.driver,
         "versions": rep.versions,
-        "profile": rep.profile,
+        "profile": profile,
     }

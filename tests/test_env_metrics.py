@@ -33,10 +33,10 @@ def test_report_on_cpu(monkeypatch):
 
 
 def test_provenance_has_what_result_files_need():
-    prov = env.provenance(command="python -m labkit.bench test")
-    for key in ("date", "command", "device", "device_name", "cpu", "threads", "versions"):
+    prov = env.provenance(command="python -m labkit.bench test --profile full", profile="full")
+    for key in ("date", "command", "device", "device_name", "cpu", "threads", "versions", "profile"):
         assert key in prov
-    assert prov["command"] == "python -m labkit.bench test"
+    assert prov["command"] == "python -m labkit.bench test --profile full"
 
 
 def test_metrics_offline_match_hand_computed_values():

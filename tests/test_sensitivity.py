@@ -97,3 +97,30 @@ def test_least_sensitive_and_heatmap(tiny, batches):
     heat = fig.data[0]
     assert list(heat.y) == ["block 0", "block 1", "head"]
     assert list(heat.x) == ["q", "k", "v", "o", "gate", "up", "down", "lm_head"]
+
+
+@pytest.mark.parametrize("mode", ["w8a8", "w8"])
+def test_one_layer_alone_equals_its_real_int8_ptq(mode):
+    """Sensitivity must measure what PTQ/QAT deploy: on one Linear, quantized_alone's output equals torchao's real
+    INT8 output (dynamic symmetric per-token activations for w8a8, weight-only for w8) within float rounding."""
+    import copy
+
+    from labkit.quant.ptq import quantize_dynamic_int8, quantize_weight_only_int8
+    from labkit.quant.qat import prepare_qat
+
+    torch.manual_seed(0)
+    layer = torch.nn.Sequential(torch.nn.Linear(64, 48)).eval()
+    x = torch.randn(3, 16, 64) * 3 + 0.5  # shifted inputs: asymmetric and symmetric grids differ visibly
+    with torch.no_grad():
+        with quantized_alone(layer[0], mode):
+            alone = layer(x)
+        ptq = copy.deepcopy(layer)
+        (quantize_dynamic_int8 if mode == "w8a8" else quantize_weight_only_int8)(ptq)
+        real = ptq(x)
+        qat = prepare_qat(copy.deepcopy(layer), activations="int8-dynamic" if mode == "w8a8" else None)
+        fake = qat(x)
+        floating = layer(x)
+    tol = 1e-4 * floating.abs().max().item()
+    assert (floating - real).abs().max() > 10 * tol  # INT8 visibly moves the output ...
+    assert (alone - real).abs().max() <= tol  # ... and sensitivity sees exactly that move
+    assert (alone - fake).abs().max() <= tol  # which is also what QAT trains against

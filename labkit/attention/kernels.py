@@ -18,6 +18,7 @@ import torch
 
 from labkit.attention.backends import BACKENDS, unavailable_reason
 from labkit.measure.memory import error_text, is_memory_error, release_memory
+from labkit.measure.stats import non_monotone
 from labkit.measure.timing import time_callable
 
 # kernel-level backends: the model-level names, plus SDPA's memory-efficient kernel for reference
@@ -134,8 +135,11 @@ def bench_kernel(backend: str, batch: int, heads: int, seq_len: int, head_dim: i
                    for _ in range(3))
         with kernel_context(backend):  # forced for the whole timing loop: a fallback raises, nothing extra is timed
             fn = kernel_callable(backend, q, k, v, causal, force=False)
-            timing = time_callable(fn, device=device, warmup=warmup, repeat=repeat)
-        row.update(ok=True, ms=timing.median_ms, p10_ms=timing.p10_ms, p90_ms=timing.p90_ms,
+            # L2 evicted before every call: at small N the inputs fit in L2 and back-to-back calls would read them
+            # from cache, unlike in a model
+            timing = time_callable(fn, device=device, warmup=warmup, repeat=repeat, flush_l2=True)
+        row.update(ok=True, ms=timing.median_ms, p10_ms=timing.p10_ms, p90_ms=timing.p90_ms, repeats=timing.repeats,
+                   l2_flushed=device.type == "cuda",
                    tflops=row["gflop"] / 1e3 / (timing.median_ms / 1e3))
     except Exception as err:  # noqa: BLE001 - failures are rows
         failure = (is_memory_error(err), error_text(err))
@@ -241,4 +245,5 @@ def kernel_benchmark(profile: str, device: torch.device | str | None = None, bac
         for n in check]
     return {"config": {**cfg, "seq_lens": seq_lens, "causal": True, "dtype": str(dtype).removeprefix("torch."),
                        "flops": "4*B*H*N^2*D, halved for causal"},
-            "rows": rows, "plain_script_check": plain, "plain_script": PLAIN_SCRIPT.strip()}
+            "rows": rows, "plain_script_check": plain, "plain_script": PLAIN_SCRIPT.strip(),
+            "non_monotone": non_monotone(rows, y="ms")}

@@ -22,6 +22,7 @@ from labkit.attention.memory_model import GIB, ModelShape, memory_curves, predic
 from labkit.attention.sweep import ModelSpec, sweep
 from labkit.env import get_profile, provenance
 from labkit.measure.memory import device_memory_gib, release_memory
+from labkit.measure.stats import non_monotone
 from labkit.models import EMBEDDED_CAUSAL_LMS, SHAPES
 from labkit.results.files import command_line, device_slug
 from labkit.results.run import Run, check_run_options, publish
@@ -77,7 +78,7 @@ def run(args) -> dict:
     grid = sorted({*cfg["seq_lens"], *[int(2 ** (k / 4)) for k in range(4 * 6, 4 * 15 + 1)]})
     grid = [n for n in grid if min(cfg["seq_lens"]) <= n <= max(cfg["seq_lens"])]
     result = {
-        "provenance": provenance(command_line(getattr(args, "argv", None))),
+        "provenance": provenance(command_line(getattr(args, "argv", None)), cfg["profile"]),
         "experiment": "attention",
         "config": {**cfg, "dtype": str(dtype).removeprefix("torch."), "backends": backends,
                    "measured": "model(input_ids, use_cache=False, logits_to_keep=1): full forward (prefill), "
@@ -127,6 +128,12 @@ def run(args) -> dict:
         if not any(r["ok"] for r in result["rows"]):
             errors = sorted({r["error"] for r in result["rows"] if r.get("error")})
             run_.fail("no point was measured" + (f": {errors[0]}" if errors else ""))
+        # latency should grow with N: a drop is flagged ("clear" when even the p10-p90 spreads do not overlap)
+        result["non_monotone"] = non_monotone(result["rows"])
+        for f in result["non_monotone"]:
+            print(f"  note: {f['backend']} latency drops from N={f['seq_len_from']} to N={f['seq_len_to']} "
+                  f"({f['latency_ms_from']:.2f} -> {f['latency_ms_to']:.2f} ms, "
+                  f"{'beyond' if f['clear'] else 'within'} the p10-p90 spread)", flush=True)
     publish(run_, args, "attention", device_slug(device))
     return result
 
@@ -159,7 +166,11 @@ def _row(rows: list[dict], backend: str, n: int) -> dict | None:
 
 
 def check_targets(result: dict) -> list[dict]:
-    """The issue's targets, checked against a result file: [{target, measured, passed}] (passed None: no data)."""
+    """The lab's attention targets, checked against a result file: [{target, measured, passed}] (None: no data).
+
+    Why these: eager attention materialises N x N scores, so it should run out of memory by 16k tokens on an
+    80 GB card; FA2 should be clearly faster (>= 4x) and lighter (<= half the peak) at 8k, reach 32k, and the
+    kernel benchmark should agree with a plain script (within 10%) so the harness adds no overhead."""
     rows = result.get("rows", [])
     checks = []
 

@@ -28,7 +28,8 @@ def run(args) -> dict:
     """Run the kernel benchmark into the run's files; returns the result (with its status)."""
     if not hasattr(args, "paths"):
         check(args)
-    result = {"provenance": provenance(command_line(getattr(args, "argv", None))), "experiment": "kernels",
+    result = {"provenance": provenance(command_line(getattr(args, "argv", None)), args.profile_name),
+              "experiment": "kernels",
               "config": {"profile": args.profile_name}, "rows": []}
     run_ = Run(result, *args.paths, resume=args.resume)
     with run_:

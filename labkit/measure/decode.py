@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from labkit.measure.prefill import random_input_ids
+from labkit.measure.timing import p10_p90
 
 
 def decode_tokens_per_s(model: nn.Module, prompt_len: int = 128, new_tokens: int = 64, repeat: int = 3,
@@ -37,4 +38,6 @@ def decode_tokens_per_s(model: nn.Module, prompt_len: int = 128, new_tokens: int
     with torch.inference_mode():
         run(new_tokens)
         rates = [run(new_tokens) for _ in range(repeat)]
-    return {"decode_tok_s": statistics.median(rates), "decode_prompt": prompt_len, "decode_tokens": new_tokens}
+    p10, p90 = p10_p90(rates)
+    return {"decode_tok_s": statistics.median(rates), "decode_tok_s_p10": p10, "decode_tok_s_p90": p90,
+            "decode_repeats": repeat, "decode_prompt": prompt_len, "decode_tokens": new_tokens}

@@ -84,3 +84,40 @@ def device_memory_gib(device: torch.device | str) -> tuple[float, str]:
     import psutil
 
     return psutil.virtual_memory().total / GIB, "CPU RAM"
+
+
+EIGHTY_GB = 80e9  # bytes: the memory an "80 GB" card's claim is judged against (74.5 GiB; conservative)
+
+
+class GpuMemoryCap:
+    """`with GpuMemoryCap(80e9):` PyTorch's caching allocator may use at most that many bytes of this GPU
+    (torch.cuda.set_per_process_memory_fraction), so "fits within an 80 GB card" is tested on a bigger card
+    directly: beyond the cap an allocation raises out-of-memory, as it would on the smaller card.
+
+    On a card with at most `cap_bytes` of memory, or without CUDA, nothing is capped (`fraction` stays None)."""
+
+    def __init__(self, cap_bytes: float | None, device: torch.device | str = "cuda"):
+        if cap_bytes is not None and not cap_bytes > 0:
+            raise ValueError(f"memory cap must be above 0 bytes, got {cap_bytes}")
+        self.cap_bytes, self.device = cap_bytes, torch.device(device)
+        self.fraction: float | None = None
+        self.total_bytes: int | None = None
+
+    def __enter__(self) -> GpuMemoryCap:
+        if self.cap_bytes is None or self.device.type != "cuda" or not torch.cuda.is_available():
+            return self
+        self.total_bytes = torch.cuda.get_device_properties(self.device).total_memory
+        if self.cap_bytes < self.total_bytes:
+            self.fraction = self.cap_bytes / self.total_bytes
+            release_memory(self.device)
+            torch.cuda.set_per_process_memory_fraction(self.fraction, self.device)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fraction is not None:
+            torch.cuda.set_per_process_memory_fraction(1.0, self.device)
+
+    def as_dict(self) -> dict:
+        return {"cap_gib": None if self.cap_bytes is None else self.cap_bytes / GIB, "fraction": self.fraction,
+                "device_total_gib": None if self.total_bytes is None else self.total_bytes / GIB,
+                "applied": self.fraction is not None}

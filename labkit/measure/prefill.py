@@ -56,17 +56,17 @@ class Point:
         return asdict(self)
 
 
+MIN_REPEATS = 5  # fewer and p10/p90 are just the extremes of a handful of calls
+
+
 def default_repeats(seq_len: int, device: torch.device | str) -> tuple[int, int]:
-    """(warmup, repeat) by length: enough for a stable median, few at long N to keep a sweep short."""
+    """(warmup, repeat) by length: at least MIN_REPEATS timed calls at every length, so every point has a spread;
+    more at short N, where one call is cheap and noisier."""
     if torch.device(device).type != "cuda":
-        return 1, 3
+        return 1, MIN_REPEATS
     if seq_len <= 4096:
         return 2, 10
-    if seq_len <= 8192:
-        return 1, 5
-    if seq_len <= 16384:
-        return 1, 3
-    return 1, 2
+    return 1, MIN_REPEATS
 
 
 def random_input_ids(model: torch.nn.Module, seq_len: int, batch_size: int = 1, seed: int = 0) -> torch.Tensor:

@@ -35,6 +35,22 @@ def p10_p90(times: list[float]) -> tuple[float, float]:
     return q[0], q[-1]
 
 
+L2_FLUSH_BYTES = 256 * 2**20  # larger than any GPU's L2 (H100: 50 MB), as triton's do_bench uses
+
+
+def l2_flusher(device: torch.device | str) -> Callable[[], None] | None:
+    """A callable that evicts the GPU's L2 cache by writing a 256 MB buffer (None on a CPU).
+
+    Called before each timed call, so a small kernel cannot run from inputs left in L2 by its previous call
+    (back-to-back repeats of one small attention call otherwise read everything from cache and look faster
+    than they are in a model, where other layers evict it)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    buffer = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device)
+    return buffer.zero_
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -46,17 +62,26 @@ def time_callable(
     device: torch.device | str = "cpu",
     warmup: int = 3,
     repeat: int = 10,
+    flush_l2: bool = False,
+    between: Callable[[], object] | None = None,
 ) -> Timing:
-    """Median latency of `fn()` after `warmup` calls: CUDA events on a GPU, a synchronised perf_counter on a CPU."""
+    """Median latency of `fn()` after `warmup` calls: CUDA events on a GPU, a synchronised perf_counter on a CPU.
+
+    flush_l2  on a GPU, evict L2 before every timed call (`l2_flusher`; not timed): for kernel benchmarks
+    between   any other untimed call to make before every timed call
+    """
     device = torch.device(device)
     if repeat < 1:
         raise ValueError("repeat must be at least 1")
+    hooks = [h for h in ((l2_flusher(device) if flush_l2 else None), between) if h is not None]
     with torch.inference_mode():
         for _ in range(warmup):
             fn()
         _sync(device)
         times: list[float] = []
         for _ in range(repeat):
+            for hook in hooks:
+                hook()
             if device.type == "cuda":
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()

@@ -1,8 +1,10 @@
 """Per-layer sensitivity to INT8: quantize ONE Linear layer alone and measure how much the outputs move.
 
-For every selected Linear layer, in turn, the layer runs with the same INT8 numerics QAT and PTQ use
-(torchao's fake quantizers: weights INT8 symmetric per output channel, and with mode="w8a8" inputs INT8
-per token), while every other layer stays in float. Two damages are measured on a few calibration batches
+For every selected Linear layer, in turn, the layer runs with the same INT8 numerics as QAT
+(`prepare_qat(..., activations="int8-dynamic")`) and PTQ (`quantize_dynamic_int8`): weights INT8 symmetric
+per output channel, and with mode="w8a8" inputs INT8 symmetric per token (mode="w8a8-asym": asymmetric per
+token, as activations="int8-dynamic-asym"), while every other layer stays in float. A test checks that one
+layer's output here equals PTQ's real INT8 output within float rounding. Two damages are measured on a few calibration batches
 against the untouched model:
     kl         mean over tokens of KL(p_float || p_quantized) of the next-token distributions (nats)
     ppl_delta  perplexity increase in percent on the same batches
@@ -30,7 +32,7 @@ from labkit.quant.selection import LayerSelection, resolve_layers
 ROLES = ("q", "k", "v", "o", "gate", "up", "down", "lm_head")
 FEED_FORWARD_ROLES = ("gate", "up", "down")
 ATTENTION_ROLES = ("q", "k", "v", "o")
-MODES = ("w8", "w8a8")
+MODES = ("w8", "w8a8", "w8a8-asym")
 METRICS = ("kl", "ppl_delta")
 
 # (role, pattern on the module name); first match wins. Llama/Mistral/Qwen names first, then BERT/GPT-style.
@@ -86,12 +88,14 @@ def _fake_quantizers(mode: str):
     """(weight fake quantizer, activation fake quantizer or None), with the numerics of labkit.quant.qat."""
     from torchao.quantization.qat import IntxFakeQuantizer
 
-    from labkit.quant.qat import activation_fake_config, weight_fake_config
+    from labkit.quant.qat import SymmetricPerTokenFakeQuantizer, activation_fake_config, weight_fake_config
 
     if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not supported; use 'w8' (INT8 weights) or 'w8a8' (INT8 weights and "
-                         "INT8 per-token activations, as QAT with activations='int8-dynamic')")
-    act = IntxFakeQuantizer(activation_fake_config()) if mode == "w8a8" else None
+        raise ValueError(f"mode={mode!r} is not supported; use 'w8' (INT8 weights), 'w8a8' (INT8 weights and "
+                         "INT8 symmetric per-token inputs, as QAT with activations='int8-dynamic' and PTQ "
+                         "quantize_dynamic_int8) or 'w8a8-asym' (asymmetric per-token inputs)")
+    act = {"w8": None, "w8a8": SymmetricPerTokenFakeQuantizer(),
+           "w8a8-asym": IntxFakeQuantizer(activation_fake_config()) if mode == "w8a8-asym" else None}[mode]
     return IntxFakeQuantizer(weight_fake_config()), act
 
 
@@ -171,7 +175,8 @@ def layer_sensitivity(
     model    a causal LM (transformers-style: `model(input_ids=...).logits`); left exactly as it was
     batches  token ids, [n, seq_len] (one row per batch) or a list of [B, seq_len] tensors
     layers   which Linear layers to score (any LayerSelection; default all)
-    mode     "w8a8" (INT8 weights + per-token INT8 inputs) or "w8" (INT8 weights only)
+    mode     "w8a8" (INT8 weights + symmetric per-token INT8 inputs, as QAT/PTQ int8-dynamic), "w8a8-asym"
+             (asymmetric per-token inputs) or "w8" (INT8 weights only)
     Columns: name, block, role, params, kl, nll, ppl, ppl_delta (percent vs the float model).
     `table.attrs` holds the float model's perplexity on the same batches and the settings.
     """

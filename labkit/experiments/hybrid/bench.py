@@ -30,10 +30,11 @@ import torch
 from labkit.env import get_profile, provenance
 from labkit.experiments.hybrid.config import FEED_FORWARD, VARIANTS, HybridConfig
 from labkit.experiments.hybrid.pipeline import run_hybrid
+from labkit.experiments.hybrid.seeds import seed_variants
 from labkit.experiments.hybrid.shape import SHAPE_MODES, shape_benchmark
 from labkit.experiments.hybrid.targets import evaluate_targets, latency_effect
 from labkit.lm.perplexity import wikitext_blocks
-from labkit.measure.memory import error_text, release_memory
+from labkit.measure.memory import GpuMemoryCap, error_text, release_memory
 from labkit.models import SHAPES, UnknownModelError, load_causal_lm, meta_model
 from labkit.quant.selection import EmptySelectionError, resolve_layers
 from labkit.quant.sensitivity import describe_linears, layer_sensitivity
@@ -74,8 +75,10 @@ def check(args) -> None:
                          "add base-ft")
     overrides = {k: v for k, v in {
         "train_steps": args.steps, "lr": args.lr, "seq_len": args.seq_len, "eval_blocks": args.eval_blocks,
-        "prefill_lengths": args.prefill_lens, "variants": variants,
+        "prefill_lengths": args.prefill_lens, "variants": variants, "seeds": getattr(args, "seeds", None),
     }.items() if v is not None}
+    if getattr(args, "memory_cap_gb", None) is not None and args.memory_cap_gb < 0:
+        raise ValueError(f"--memory-cap-gb {args.memory_cap_gb}: give a size in GB above 0, or 0 for no cap")
     cfg = HybridConfig.for_profile(profile, device, model=args.model, layers=_layers(args.layers), **overrides)
     if args.model.lower() != "none":
         try:
@@ -109,9 +112,10 @@ def run(args) -> dict:
     cfg, device, profile = args.cfg, args.device, args.profile_name
     started = time.perf_counter()
     result: dict = {
-        "provenance": provenance(command_line(getattr(args, "argv", None))), "experiment": "hybrid",
+        "provenance": provenance(command_line(getattr(args, "argv", None)), profile), "experiment": "hybrid",
         "profile": profile, "config": cfg.as_dict(), "meta": {}, "selected": [], "rows": [], "checks": {},
         "losses": {}, "sensitivity": None, "shape_rows": [], "targets": [], "latency_effect": [], "errors": [],
+        "seed_rows": {}, "memory_cap": None,
         "notes": [
             "perplexity: WikiText-2 test; fine-tuning (base-ft and QAT, same recipe): WikiText-2 validation",
             "attention: FlashAttention-2 (SDPA forced to the flash kernel) on a GPU; PyTorch SDPA on a CPU",
@@ -124,7 +128,8 @@ def run(args) -> dict:
 
     def save() -> None:
         result["elapsed_s"] = round(time.perf_counter() - started, 1)
-        result["targets"] = evaluate_targets(result["rows"], result["shape_rows"])
+        runs = list(result["seed_rows"].values()) or None
+        result["targets"] = evaluate_targets(result["rows"], result["shape_rows"], runs=runs)
         result["latency_effect"] = latency_effect(result["rows"], result["shape_rows"])
         run_.save()
 
@@ -158,17 +163,30 @@ def run(args) -> dict:
                 result["shape_rows"] = [r for r in done if r["mode"] in finished]
                 stage(f"{args.shape} shape (random weights): speed and memory")
                 try:
-                    if modes:
-                        shape_benchmark(args.shape, tuple(args.shape_lens), _layers(args.layers), modes,
-                                        device=device, log=stage,
-                                        on_row=lambda row: (result["shape_rows"].append(row), record("shape", row)))
+                    cap = GpuMemoryCap(args.memory_cap_gb * 1e9 if args.memory_cap_gb else None, device)
+                    with cap:
+                        result["memory_cap"] = cap.as_dict()
+                        if cap.fraction is not None:
+                            stage(f"GPU memory capped at {args.memory_cap_gb:g} GB ({cap.as_dict()['cap_gib']:.1f} "
+                                  f"GiB, {cap.fraction:.3f} of this card)")
+
+                        def on_shape_row(row: dict) -> None:
+                            row = {**row, "memory_cap_gib": cap.as_dict()["cap_gib"] if cap.fraction else None}
+                            result["shape_rows"].append(row)
+                            record("shape", row)
+
+                        if modes:
+                            shape_benchmark(args.shape, tuple(args.shape_lens), _layers(args.layers), modes,
+                                            device=device, log=stage, on_row=on_shape_row)
                 except Exception as err:  # noqa: BLE001 - recorded; the file keeps what was measured
                     failed("shape", err)
+                for bad in sorted({f"{r['variant']}: {r.get('matmul')}" for r in result["shape_rows"]
+                                   if r.get("matmul_ok") is False}):
+                    run_.fail(f"integer kernel check: {bad}")
         save()
     stage(f"{run_.status}. Targets:")
     for t in result["targets"]:
-        mark = {True: "MET   ", False: "MISSED", None: "n/a   "}[t["met"]]
-        print(f"  {mark} {t['target']}: {t['measured']}", flush=True)
+        print(f"  {t.get('verdict', 'n/a'):<12} {t['target']}: {t['measured']}", flush=True)
     publish(run_, args, "hybrid", device_slug(device))
     return result
 
@@ -229,8 +247,42 @@ def _trained_part(cfg, args, result: dict, run_: Run, record, stage, failed) -> 
     if bad:
         run_.fail(f"{len(bad)} of {len(result['rows'])} variants failed ("
                   + "; ".join(f"{r['variant']}: {r['error']}" for r in bad)[:400] + ")")
+    unchecked = [r["variant"] for r in result["rows"] if r.get("checks_ok") is False]
+    if unchecked:
+        run_.fail(f"after-conversion checks failed (attention kernel, integer matmul, INT8 layers or untouched "
+                  f"rest): {', '.join(unchecked)}; see checks")
+    if not bad and len(cfg.seeds) > 1:
+        _more_seeds(cfg, model, tokenizer, result, run_, record, stage, failed)
     del model
     release_memory()
+
+
+def _more_seeds(cfg, model, tokenizer, result: dict, run_: Run, record, stage, failed) -> None:
+    """The seed-dependent variants (fine-tuned) again for every further seed, perplexity only (no speed); seeds an
+    earlier attempt finished are reused. Fills result["seed_rows"] with every seed's comparable rows."""
+    trained = seed_variants(cfg.variants)
+    first = cfg.seeds[0]
+    fixed = [r for r in result["rows"] if r["variant"] not in trained]
+    seed_rows = {str(first): list(result["rows"])}
+    earlier = {r["seed"]: r["rows"] for r in run_.recorded("seed")}
+    for seed in cfg.seeds[1:]:
+        if not trained:
+            break
+        if seed in earlier:
+            rows = earlier[seed]
+            stage(f"resume: seed {seed} already measured")
+        else:
+            stage(f"seed {seed}: {', '.join(trained)} (perplexity only)")
+            try:
+                res = run_hybrid(replace(cfg, seed=seed, speed=False, variants=trained), model, tokenizer,
+                                 progress=False, log=lambda s: stage(s.strip()))
+            except Exception as err:  # noqa: BLE001
+                failed(f"seed {seed}", err)
+                continue
+            rows = res.rows
+            record("seed", {"seed": seed, "rows": rows})
+        seed_rows[str(seed)] = rows + fixed
+        result["seed_rows"] = dict(seed_rows)
 
 
 def _sensitivity(model, tokenizer, cfg, profile: str) -> dict:

@@ -1,4 +1,5 @@
-"""Checks after conversion: attention still runs the expected kernel (profiled), exactly the selected layers are
+"""Checks after conversion: attention still runs the expected kernel (profiled), the INT8 layers really multiply
+in integer arithmetic where they claim to (profiled: labkit.quant.kernel_evidence), exactly the selected layers are
 INT8, and every unselected Linear is untouched (bitwise equal, still a plain Parameter)."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from torch import nn
 from labkit.attention.verify import verify_backend
 from labkit.measure.memory import error_text
 from labkit.measure.prefill import random_input_ids
+from labkit.quant.kernel_evidence import matmul_evidence
 from labkit.quant.report import int8_modules
 
 
@@ -20,8 +22,10 @@ def snapshot_unselected(model: nn.Module, selected: list[str]) -> dict[str, torc
 
 
 def check_hybrid(model: nn.Module, selected: list[str], snapshot: dict[str, torch.Tensor] | None,
-                 backend: str, quantized: bool, sample_len: int = 64) -> dict:
-    """Attention kernel (profiled forward), INT8 layers == selection, unselected Linears untouched.
+                 backend: str, quantized: bool, sample_len: int = 64, mode: str | None = None,
+                 require_weight_kernel: bool = False) -> dict:
+    """Attention kernel (profiled forward), INT8 layers == selection, unselected Linears untouched, and with `mode`
+    ("w8a8", "w8" or "float") the matmuls that ran: a w8a8 model that ran no integer matmul fails.
 
     Returns a dict with `ok` and the evidence; never raises (a failed check is a result).
     """
@@ -31,6 +35,14 @@ def check_hybrid(model: nn.Module, selected: list[str], snapshot: dict[str, torc
         result.update(attention_ok=ev.ok, attention=str(ev).splitlines()[0], attention_families=ev.families)
     except Exception as err:  # noqa: BLE001
         result.update(attention_ok=False, attention=error_text(err))
+    if mode is not None:
+        try:
+            ids = random_input_ids(model, sample_len)
+            mm = matmul_evidence(model, lambda: model(input_ids=ids, use_cache=False, logits_to_keep=1), mode,
+                                 require_weight_kernel=require_weight_kernel)
+            result.update(matmul_ok=mm.ok, matmul=str(mm), matmul_evidence=mm.as_dict())
+        except Exception as err:  # noqa: BLE001
+            result.update(matmul_ok=False, matmul=error_text(err))
     int8 = int8_modules(model)
     result["int8_layers"] = len(int8)
     result["int8_matches_selection"] = (int8 == selected) if quantized else (int8 == [])
@@ -51,5 +63,6 @@ def check_hybrid(model: nn.Module, selected: list[str], snapshot: dict[str, torc
     if emb is not None and head is not None and getattr(model.config, "tie_word_embeddings", False):
         result["head_still_tied"] = head.weight is emb.weight
     result["ok"] = bool(result.get("attention_ok") and result["int8_matches_selection"]
-                        and (snapshot is None or result["unselected_untouched"]))
+                        and (snapshot is None or result["unselected_untouched"])
+                        and result.get("matmul_ok", True))
     return result

@@ -48,7 +48,8 @@ def prefill_entry(point) -> dict:
     """One prefill length of a variant, as stored in a row's `prefill` list (structured: one dict per length)."""
     activation = (point.peak_gib - point.baseline_gib
                   if point.peak_gib is not None and point.baseline_gib is not None else None)
-    return {"seq_len": point.seq_len, "latency_ms": point.latency_ms, "peak_gib": point.peak_gib, "oom": point.oom,
+    return {"seq_len": point.seq_len, "latency_ms": point.latency_ms, "p10_ms": point.p10_ms, "p90_ms": point.p90_ms,
+            "repeats": point.repeats, "peak_gib": point.peak_gib, "oom": point.oom,
             "activation_gib": activation, "memory_kind": point.memory_kind, "error": point.error}
 
 
@@ -119,7 +120,8 @@ def make_variant(master: nn.Module, variant: str | Variant, cfg: HybridConfig, s
         (quantize_dynamic_int8 if v.mode == "w8a8" else quantize_weight_only_int8)(model, selected)
     backend = attention_backend(device)
     set_backend(model, backend)
-    info["checks"] = check_hybrid(model, selected, snapshot, backend, quantized=v.method is not None)
+    info["checks"] = check_hybrid(model, selected, snapshot, backend, quantized=v.method is not None,
+                                  mode=v.mode if v.method is not None else "float")
     del snapshot
     return model, info
 
@@ -189,7 +191,8 @@ def run_hybrid(
         v = VARIANTS[name]
         t0 = time.perf_counter()
         row: dict = {"variant": name, "label": v.label, "method": v.method or "float", "mode": v.mode,
-                     "fine_tuned": v.train, "dtype": cfg.dtype, "attention": attention_backend(device)}
+                     "fine_tuned": v.train, "dtype": cfg.dtype, "attention": attention_backend(device),
+                     "seed": cfg.seed}
         model_v = None
         try:
             if v.from_ft and ft_model is None:
@@ -207,9 +210,10 @@ def run_hybrid(
             row["size_mb"] = weight_bytes(model_v) / 1e6
             row["int8_layers"] = info["checks"]["int8_layers"]
             row["checks_ok"] = info["checks"]["ok"]
-            row.update(measure_speed(model_v, cfg.prefill_lengths, prefill_warmup=cfg.prefill_warmup,
-                                     prefill_repeat=cfg.prefill_repeat, decode_prompt=cfg.decode_prompt,
-                                     decode_tokens=cfg.decode_tokens, decode_repeat=cfg.decode_repeat))
+            if cfg.speed:
+                row.update(measure_speed(model_v, cfg.prefill_lengths, prefill_warmup=cfg.prefill_warmup,
+                                         prefill_repeat=cfg.prefill_repeat, decode_prompt=cfg.decode_prompt,
+                                         decode_tokens=cfg.decode_tokens, decode_repeat=cfg.decode_repeat))
         except Exception as err:  # noqa: BLE001 - one failed variant must not lose the others
             row.update(error=error_text(err), oom=is_memory_error(err))
             if strict:
@@ -233,6 +237,7 @@ def _row_line(row: dict) -> str:
         return f"  {row['variant']:<9} FAILED: {row['error']}"
     lat = ", ".join(f"prefill {p['seq_len']}: {p['latency_ms']:.1f} ms" for p in row.get("prefill", [])
                     if p["latency_ms"] is not None)
-    dec = f"{row['decode_tok_s']:.1f} tok/s" if row.get("decode_tok_s") else "decode failed"
+    dec = f"{row['decode_tok_s']:.1f} tok/s" if row.get("decode_tok_s") else \
+        ("decode failed" if "decode_tok_s" in row else "not timed")
     return (f"  {row['variant']:<9} ppl {row['ppl']:.3f}  size {row['size_mb']:.1f} MB  {lat}  decode {dec}  "
             f"checks {'ok' if row.get('checks_ok') else 'FAILED'}  ({row['seconds']:.0f} s)")

@@ -19,6 +19,7 @@ from labkit.measure.decode import decode_tokens_per_s
 from labkit.measure.memory import GIB, error_text, is_memory_error, release_memory
 from labkit.measure.prefill import prefill_point
 from labkit.models import build_from_shape
+from labkit.quant.kernel_evidence import SHAPE_MODE_CLAIMS
 from labkit.quant.ptq import quantize_dynamic_int8, quantize_weight_only_int8
 from labkit.quant.report import int8_modules
 from labkit.quant.selection import LayerSelection, resolve_layers
@@ -118,14 +119,18 @@ def shape_benchmark(
             release_memory(device)
             continue
         try:
-            ev = check_hybrid(model, [], None, backend, quantized=False)
+            claim, need_kernel = SHAPE_MODE_CLAIMS[mode]
+            ev = check_hybrid(model, [], None, backend, quantized=False, mode=claim,
+                              require_weight_kernel=need_kernel)
             base["attention_ok"], base["attention"] = ev["attention_ok"], ev["attention"]
+            base["matmul_ok"], base["matmul"] = ev.get("matmul_ok"), ev.get("matmul")
         except Exception as err:  # noqa: BLE001
-            base["attention_ok"], base["attention"] = False, error_text(err)
+            base["attention_ok"], base["attention"], base["matmul_ok"] = False, error_text(err), False
         for n in lengths:
             p = prefill_point(model, n)
             row = {**base, "kind": "prefill", "seq_len": n, "ok": p.ok, "oom": p.oom, "latency_ms": p.latency_ms,
-                   "peak_gib": p.peak_gib, "error": p.error}
+                   "p10_ms": p.p10_ms, "p90_ms": p.p90_ms, "repeats": p.repeats, "peak_gib": p.peak_gib,
+                   "error": p.error}
             emit(row)
             say(f"  prefill {n:>6}: " + (f"{p.latency_ms:.1f} ms, peak {p.peak_gib:.2f} GiB" if p.ok else
                                          f"{'OOM' if p.oom else 'FAILED'} {p.error or ''}"))

@@ -17,10 +17,16 @@ from labkit.experiments.qat_bert.pipeline import (
     run_qat_bert,
     train,
 )
-from labkit.experiments.qat_bert.report import accuracy_changes, results_frame, run_legacy, target_checks
+from labkit.experiments.qat_bert.report import (
+    accuracy_changes,
+    file_targets,
+    results_frame,
+    run_legacy,
+    target_checks,
+)
 
 __all__ = [
     "DATASETS", "LABELS", "VARIANTS", "QATBertConfig", "QATBertResult", "accuracy_changes", "compile_settings",
     "evaluate", "latency_inputs", "load_data", "measure_latency", "results_frame", "run_legacy", "run_qat_bert",
-    "target_checks", "train",
+    "target_checks", "train", "file_targets",
 ]

@@ -12,6 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from labkit.measure.timing import p10_p90
+from labkit.quant.kernel_evidence import matmul_evidence
 
 
 
@@ -47,11 +48,14 @@ def compile_settings():
 
 def measure_latency(
     models: dict[str, nn.Module], cfg, vocab_size: int, compiled: bool = False,
-    progress: tqdm | None = None,
+    progress: tqdm | None = None, modes: dict[str, str] | None = None,
 ) -> dict[str, dict[int, dict]]:
     """Median latency (ms) per variant and batch size. Rounds are interleaved across variants, so load
     from other processes on a shared machine hits every variant alike; `warmup` calls (and, compiled,
-    the compilation) happen before any timed call."""
+    the compilation) happen before any timed call.
+
+    `modes` (variant -> "w8a8" / "w8" / "float"): after warm-up, one call per variant at the largest batch is
+    profiled and judged (labkit.quant.kernel_evidence); the evidence is in that batch's entry under "matmul"."""
     inputs = {b: latency_inputs(b, cfg.latency_seq_len, vocab_size, cfg.seed) for b in cfg.latency_batch_sizes}
     fns, compile_s = {}, {}
     settings = compile_settings() if compiled else contextlib.nullcontext()
@@ -68,6 +72,13 @@ def measure_latency(
             fns[name] = fn
             if progress is not None:
                 progress.set_postfix_str(f"{'compiled' if compiled else 'eager'} warm-up {name}")
+        evidence = {}
+        if modes:
+            b_max = max(inputs)
+            for name, fn in fns.items():
+                if name in modes:
+                    ev = matmul_evidence(models[name], lambda fn=fn: fn(**inputs[b_max]), modes[name])
+                    evidence[name] = ev.as_dict() | {"summary": str(ev)}
         times = {n: {b: [] for b in inputs} for n in models}
         for r in range(cfg.latency_rounds):
             for name, fn in fns.items():
@@ -85,6 +96,8 @@ def measure_latency(
             p10, p90 = p10_p90(ts)
             out[name][b] = {"median_ms": statistics.median(ts), "p10_ms": p10, "p90_ms": p90, "n": len(ts),
                             "warmup_s": compile_s[name]}
+            if name in evidence and b == max(per_b):
+                out[name][b]["matmul"] = evidence[name]
     del fns
     if compiled:
         torch._dynamo.reset()

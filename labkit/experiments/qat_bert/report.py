@@ -6,6 +6,15 @@ import copy
 
 from labkit.experiments.qat_bert.latency import latency_inputs
 from labkit.experiments.qat_bert.pipeline import QATBertConfig, QATBertResult, batches, evaluate, train
+from labkit.measure.stats import (
+    format_spread,
+    paired_differences,
+    per_seed,
+    ratio_verdict,
+    spread,
+    verdict,
+    verdict_text,
+)
 from labkit.measure.timing import time_callable
 from labkit.quant.legacy import (
     legacy_convert,
@@ -24,37 +33,86 @@ def _row(rows: list[dict], variant: str) -> dict:
     raise KeyError(f"no row for variant {variant!r}; rows have {[r['variant'] for r in rows]}")
 
 
-def target_checks(rows: list[dict]) -> list[dict]:
-    """The issue's three targets, each stated from measured numbers: met / missed / not measured."""
+ACCURACY_LIMIT = -0.3  # points: QAT may trail FP32 trained as long by at most this much
+LATENCY_LIMIT = 0.5
+SIZE_LIMIT = 0.3
+
+
+def target_checks(rows: list[dict], runs: list[list[dict]] | None = None, n_eval: int | None = None) -> list[dict]:
+    """The lab's three INT8 deployment targets, each stated from measured numbers.
+
+    accuracy within 0.3 points of FP32 trained as long (a loss a user would not notice), latency at most half
+    of FP32's at batch 8 and size at most 0.3x FP32 (what makes INT8 worth deploying on a CPU).
+    `runs`: the rows of every seed (default: `rows` alone). The accuracy verdict comes from the per-seed
+    differences QAT - (FP32 + extra steps): "met"/"missed" only with >= 3 seeds and a mean farther from the limit
+    than the spread (and than one eval example, 100 / n_eval points), else "within noise" or "no verdict".
+    Latency: "within noise" when 0.5 lies inside the ratio's p10/p90 spread. Each check has "verdict" and "met"
+    (True / False / None)."""
+    runs = runs or [rows]
     fp32, fp32x, qat = _row(rows, "fp32"), _row(rows, "fp32-extra"), _row(rows, "qat")
     checks = []
-    gap = (fp32x["accuracy"] - qat["accuracy"]) * 100
+    diffs = paired_differences(runs, "qat", "fp32-extra", "accuracy", scale=100)
+    qat_acc, ref_acc, first_acc = (spread([100 * a for a in per_seed(runs, v, "accuracy")])
+                                   for v in ("qat", "fp32-extra", "fp32"))
+    resolution = 100 / n_eval if n_eval else 0.0
+    v = verdict(diffs, ACCURACY_LIMIT, at_least=True, resolution=resolution)
     checks.append({
         "target": "QAT accuracy within 0.3 points of FP32 (same training budget)",
-        "measured": f"QAT {qat['accuracy'] * 100:.2f} vs FP32+extra {fp32x['accuracy'] * 100:.2f}: "
-                    f"QAT {-gap:+.2f} points (against the first FP32 {fp32['accuracy'] * 100:.2f}: "
-                    f"{(qat['accuracy'] - fp32['accuracy']) * 100:+.2f})",
-        "value": gap, "limit": 0.3, "met": gap <= 0.3,
+        "measured": f"QAT {format_spread(qat_acc)} vs FP32+extra {format_spread(ref_acc)} (first FP32 "
+                    f"{format_spread(first_acc)}); QAT - FP32 per seed: {verdict_text(v)} points",
+        "value": v["mean"], "limit": ACCURACY_LIMIT, "verdict": v["verdict"], "met": v["met"], "seeds": v["n"],
+        "sd": v["sd"], "noise": v["noise"],
     })
     for mode, suffix in (("eager", ""), ("compiled", "_compiled")):
-        a, b = qat.get(f"latency_ms_b8{suffix}"), fp32.get(f"latency_ms_b8{suffix}")
+        target = f"INT8 latency <= 0.5x FP32 at batch 8, len 128 ({mode})"
+        a, b = _timing(qat, f"latency_ms_b8{suffix}"), _timing(fp32, f"latency_ms_b8{suffix}")
         if a is None or b is None:
-            checks.append({"target": f"INT8 latency <= 0.5x FP32 at batch 8, len 128 ({mode})",
-                           "measured": "not measured in this run", "value": None, "limit": 0.5, "met": None})
+            checks.append({"target": target, "measured": "not measured in this run", "value": None,
+                           "limit": LATENCY_LIMIT, "verdict": "not measured", "met": None})
             continue
-        ratio = a / b
+        r = ratio_verdict(a, b, LATENCY_LIMIT, at_most=True)
         checks.append({
-            "target": f"INT8 latency <= 0.5x FP32 at batch 8, len 128 ({mode})",
-            "measured": f"QAT INT8 {a:.1f} ms vs FP32 {b:.1f} ms: {ratio:.2f}x",
-            "value": ratio, "limit": 0.5, "met": ratio <= 0.5,
+            "target": target,
+            "measured": f"QAT INT8 {a[1]:.1f} ms (p10-p90 {a[0]:.1f}-{a[2]:.1f}) vs FP32 {b[1]:.1f} ms "
+                        f"({b[0]:.1f}-{b[2]:.1f}): {r['ratio']:.2f}x (spread {r['ratio_low']:.2f}-{r['ratio_high']:.2f})",
+            "value": r["ratio"], "limit": LATENCY_LIMIT, "verdict": r["verdict"], "met": r["met"],
         })
     ratio = qat["size_mb"] / fp32["size_mb"]
     checks.append({
         "target": "INT8 size <= 0.3x FP32, embeddings included",
-        "measured": f"QAT INT8 {qat['size_mb']:.1f} MB vs FP32 {fp32['size_mb']:.1f} MB: {ratio:.2f}x",
-        "value": ratio, "limit": 0.3, "met": ratio <= 0.3,
+        "measured": f"QAT INT8 {qat['size_mb']:.1f} MB vs FP32 {fp32['size_mb']:.1f} MB: {ratio:.2f}x "
+                    "(exact: bytes of the saved checkpoint)",
+        "value": ratio, "limit": SIZE_LIMIT, "verdict": "met" if ratio <= SIZE_LIMIT else "missed",
+        "met": ratio <= SIZE_LIMIT,
     })
     return checks
+
+
+def file_targets(result: dict) -> list[dict]:
+    """The targets of a result file judged again by today's rules (its rows and seed rows): a file written before
+    seeds were recorded gets "no verdict" on accuracy, whatever it said then."""
+    runs = list((result.get("seed_rows") or {}).values()) or None
+    return target_checks(result["rows"], runs, result.get("config", {}).get("n_eval_actual"))
+
+
+def _timing(row: dict, key: str) -> tuple[float, float, float] | None:
+    """(p10, median, p90) of a latency column, the median standing in for a missing percentile."""
+    mid = row.get(key)
+    if mid is None:
+        return None
+    return (row.get(f"{key}_p10") or mid, mid, row.get(f"{key}_p90") or mid)
+
+
+def matmul_checks(rows: list[dict]) -> list[dict]:
+    """One check per variant and mode (eager, compiled) that was profiled: did its matmuls match its claim (an INT8
+    variant with INT8 activations must have run integer kernels)? Each: variant, mode, ok, evidence."""
+    out = []
+    for r in rows:
+        for kind in ("eager", "compiled"):
+            if f"matmul_{kind}_ok" in r:
+                out.append({"variant": r["variant"], "mode": kind, "ok": r[f"matmul_{kind}_ok"],
+                            "evidence": r.get(f"matmul_{kind}")})
+    return out
 
 
 def accuracy_changes(rows: list[dict]) -> list[dict]:
