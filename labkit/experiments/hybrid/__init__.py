@@ -18,10 +18,13 @@ from labkit.experiments.hybrid.targets import (
     evaluate_targets,
     latency_effect,
     prefill_table,
+    rows_table,
+    targets_table,
 )
 
 __all__ = [
     "EIGHTY_GB_GIB", "FEED_FORWARD", "SHAPE_MODES", "VARIANTS", "HybridConfig", "HybridResult", "Variant",
     "attention_backend", "check_hybrid", "checks_table", "evaluate_targets", "latency_effect", "make_variant",
-    "measure_speed", "prefill_table", "run_hybrid", "shape_benchmark", "snapshot_unselected",
+    "measure_speed", "prefill_table", "rows_table", "run_hybrid", "shape_benchmark", "snapshot_unselected",
+    "targets_table",
 ]

@@ -78,11 +78,12 @@ class HybridResult:
     losses: dict[str, list[float]] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
 
-    def table(self):
-        """The rows as a DataFrame indexed by variant."""
+    def table(self, digits: int | None = 2):
+        """The rows as a DataFrame indexed by variant, floats rounded for reading (`digits=None`: as measured)."""
         import pandas as pd
 
-        return pd.DataFrame(self.rows).set_index("variant")
+        table = pd.DataFrame(self.rows).set_index("variant")
+        return table if digits is None else table.round(digits)
 
     def as_dict(self) -> dict:
         return asdict(self)
