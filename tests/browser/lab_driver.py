@@ -112,6 +112,7 @@ def jupyter_lab(work: Path, notebooks: list[Path], env: dict | None = None, time
     if hasattr(os, "geteuid") and os.geteuid() == 0:  # CI containers run as root
         cmd.append("--allow-root")
     full_env = {**os.environ, "JUPYTER_CONFIG_DIR": str(work / "jupyter-config"), "IPYTHONDIR": str(work / "ipython"),
+                "JUPYTER_RUNTIME_DIR": str(work / "jupyter-runtime"),
                 **(env or {})}
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=full_env, cwd=root)
@@ -206,11 +207,12 @@ def error_outputs(notebook: dict) -> list[str]:
 WIDGET_OUTPUTS_JS = """() => Array.from(document.querySelectorAll(
   '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.widget-view+json"]')).map((el) => ({
     text: el.innerText.slice(0, 200), children: el.childElementCount,
-    error: el.innerText.includes('Error displaying widget'), loading: el.innerText.includes('Loading widget')}))"""
+    error: el.innerText.includes('Error displaying widget') || !!el.querySelector('.jupyter-widgets-error-widget'),
+    loading: el.innerText.includes('Loading widget')}))"""
 
 
 def widget_problems(page) -> list[str]:
-    """Widget outputs that did not render: 'Error displaying widget', still loading, or empty."""
+    """Widget outputs that did not render: 'Error displaying widget', a widget's error view, or still loading."""
     problems = []
     for i, w in enumerate(page.evaluate(WIDGET_OUTPUTS_JS)):
         if w["error"] or w["loading"]:

@@ -54,22 +54,23 @@ def _figure_problems(page, where: str) -> tuple[int, list[str]]:
 
 
 def _screenshots(page, stem: str) -> None:
+    """The top of the notebook, every widget output and every figure, one PNG each."""
     folder = SHOTS / stem
     folder.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(folder / "00-top.png"))
-    outputs = page.locator(".jp-OutputArea-output:has(.js-plotly-plot), "
-                           ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.widget-view+json']")
-    for i in range(outputs.count()):
-        el = outputs.nth(i)
-        kind = "widget" if el.get_attribute("data-mime-type") else "figure"
-        with_timeout(lambda: el.screenshot(path=str(folder / f"{i + 1:02d}-{kind}.png"), timeout=15_000))
+    widgets = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.widget-view+json']")
+    for i in range(widgets.count()):
+        _shot(widgets.nth(i), folder / f"widget-{i + 1:02d}.png")
+    figures = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.plotly.v1+json']")
+    for i in range(figures.count()):
+        _shot(figures.nth(i), folder / f"figure-{i + 1:02d}.png")
 
 
-def with_timeout(action):
+def _shot(element, path: Path) -> None:
     try:
-        action()
-    except Exception as err:  # a screenshot that fails is not a finding; say so and go on
-        print(f"screenshot skipped: {err}", file=sys.stderr)
+        element.screenshot(path=str(path), timeout=15_000)
+    except Exception as err:  # noqa: BLE001  a screenshot that fails is not a finding; say so and go on
+        print(f"screenshot {path.name} skipped: {err}", file=sys.stderr)
 
 
 # -- the widgets -----------------------------------------------------------------------------------------------
@@ -127,9 +128,10 @@ POINTS_JS = """(el) => { const gd = el.querySelector('.js-plotly-plot'); if (!gd
 
 
 def check_live_sweep(page, live) -> list[str]:
-    """Short lengths, Run sweep: the FigureWidget gains points one by one and the status says when it is done."""
+    """Short lengths, Run sweep: the FigureWidget gains points one by one; the status says when it is done and
+    that the cells below still show the earlier run."""
     lengths = live.locator("input[placeholder*='512,1024']").first
-    lengths.fill("64,128")
+    lengths.fill("64")  # two points (eager, sdpa): enough to see it grow, short on a CPU
     lengths.press("Tab")
     time.sleep(1.0)
     status = live.locator(".widget-html").first
@@ -145,6 +147,8 @@ def check_live_sweep(page, live) -> list[str]:
     problems = []
     if "done:" not in status.inner_text():
         problems.append(f"the live sweep did not finish: {status.inner_text()!r}")
+    if "run them again" not in status.inner_text():
+        problems.append("after Run sweep nothing says that the cells below still show the earlier run")
     final = seen[-1]
     if final < 2 or not any(0 < c < final for c in counts):
         problems.append(f"the live plot did not grow point by point (counts seen: {counts})")
