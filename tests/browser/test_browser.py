@@ -135,12 +135,14 @@ def check_live_sweep(page, live) -> list[str]:
     lengths.press("Tab")
     time.sleep(1.0)
     status = live.locator(".widget-html").first
-    live.get_by_role("button", name=re.compile("Run sweep")).click()
-    seen, deadline = [], time.monotonic() + 600
+    button = live.get_by_role("button", name=re.compile("Run sweep"))
+    button.click()
+    seen, started, deadline = [], False, time.monotonic() + 600
     while time.monotonic() < deadline:
         seen.append(live.evaluate(POINTS_JS))
-        if "done:" in status.inner_text() and len(seen) > 2:
-            break
+        started = started or button.is_disabled()
+        if ("done:" in status.inner_text() or (started and button.is_enabled())) and len(seen) > 2:
+            break  # the widget says it is done, or at least gave its button back
         time.sleep(0.25)
     counts = sorted(set(seen))
     print(f"live sweep: point counts seen after Run sweep: {counts}; status {status.inner_text()[:120]!r}")
