@@ -204,19 +204,27 @@ def error_outputs(notebook: dict) -> list[str]:
     return out
 
 
-WIDGET_OUTPUTS_JS = """() => Array.from(document.querySelectorAll(
-  '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.widget-view+json"]')).map((el) => ({
-    text: el.innerText.slice(0, 200), children: el.childElementCount,
+# A widget output is a JupyterLab output node holding a widget view (or the manager's error text in its place).
+WIDGET_OUTPUT = ".jp-OutputArea-output:has(> .jupyter-widgets), .jp-OutputArea-output.jupyter-widgets"
+WIDGET_OUTPUTS_JS = """() => Array.from(document.querySelectorAll('%s')).map((el) => ({
+    text: el.innerText.slice(0, 200),
     error: el.innerText.includes('Error displaying widget') || !!el.querySelector('.jupyter-widgets-error-widget'),
-    loading: el.innerText.includes('Loading widget')}))"""
+    loading: el.innerText.includes('Loading widget')}))""" % WIDGET_OUTPUT
 
 
-def widget_problems(page) -> list[str]:
-    """Widget outputs that did not render: 'Error displaying widget', a widget's error view, or still loading."""
-    problems = []
-    for i, w in enumerate(page.evaluate(WIDGET_OUTPUTS_JS)):
-        if w["error"] or w["loading"]:
-            problems.append(f"widget output {i}: {w['text']!r}")
+def widget_outputs(notebook: dict) -> int:
+    """How many widget outputs a saved notebook holds (top level: widgets inside an Output widget are not counted)."""
+    return sum("application/vnd.jupyter.widget-view+json" in o.get("data", {})
+               for c in notebook["cells"] for o in c.get("outputs", []))
+
+
+def widget_problems(page, expected: int | None = None) -> list[str]:
+    """Widget outputs that did not render: 'Error displaying widget', a widget's error view, or still loading;
+    and fewer widget outputs on the page than the notebook holds (`expected`)."""
+    shown = page.evaluate(WIDGET_OUTPUTS_JS)
+    problems = [f"widget output {i}: {w['text']!r}" for i, w in enumerate(shown) if w["error"] or w["loading"]]
+    if expected is not None and len(shown) < expected:
+        problems.append(f"the page shows {len(shown)} of the notebook's {expected} widget outputs")
     return problems
 
 

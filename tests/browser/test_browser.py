@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from lab_driver import (REPO, chromium, error_outputs, figure_report, jupyter_lab, notebooks_to_open, open_notebook,
-                 run_all, save, why_no_browser, widget_problems)
+from lab_driver import (REPO, WIDGET_OUTPUT, chromium, error_outputs, figure_report, jupyter_lab, notebooks_to_open,
+                        open_notebook, run_all, save, why_no_browser, widget_outputs, widget_problems)
 
 NOTEBOOKS = notebooks_to_open()
 SHOTS = REPO / "build" / "screenshots"
@@ -58,7 +58,7 @@ def _screenshots(page, stem: str) -> None:
     folder = SHOTS / stem
     folder.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(folder / "00-top.png"))
-    widgets = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.widget-view+json']")
+    widgets = page.locator(WIDGET_OUTPUT)
     for i in range(widgets.count()):
         _shot(widgets.nth(i), folder / f"widget-{i + 1:02d}.png")
     figures = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.plotly.v1+json']")
@@ -175,7 +175,7 @@ def test_notebook_in_browser(session, notebook: Path):
         saved = json.loads((lab.root / notebook.name).read_text(encoding="utf-8"))
         _fail(f"{notebook.name}: error output in the browser", error_outputs(saved), lab)
         _fail(f"{notebook.name}: cells left unrun", [state] if state["unrun"] else [])
-        _fail(f"{notebook.name}: widgets not drawn", widget_problems(page))
+        _fail(f"{notebook.name}: widgets not drawn", widget_problems(page, widget_outputs(saved)))
 
         problems = []
         for picker in page.locator(".jp-OutputArea-output", has_text="Linear layers selected").all():
@@ -192,7 +192,7 @@ def test_notebook_in_browser(session, notebook: Path):
         page = browser.new_page()
         open_notebook(page, lab, notebook.name)
         page.wait_for_timeout(3000)
-        reopened = widget_problems(page)
+        reopened = widget_problems(page, widget_outputs(saved))
         page.screenshot(path=str(SHOTS / notebook.stem / "99-reopened.png"))
 
         html_figures, html_problems = _static_html(browser, lab.root / notebook.name, work)
