@@ -61,7 +61,7 @@ def _screenshots(page, stem: str) -> None:
     widgets = page.locator(WIDGET_OUTPUT)
     for i in range(widgets.count()):
         _shot(widgets.nth(i), folder / f"widget-{i + 1:02d}.png")
-    figures = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.plotly.v1+json']")
+    figures = page.locator(".js-plotly-plot")
     for i in range(figures.count()):
         _shot(figures.nth(i), folder / f"figure-{i + 1:02d}.png")
 
