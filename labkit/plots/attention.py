@@ -35,7 +35,7 @@ def add_limit_line(fig: go.Figure, limit: float, label: str, log_y: bool = False
     """A horizontal dash-dot line at the device's memory limit, labelled above its left end. Placed by hand: plotly's
     `add_hline(annotation_text=...)` puts the label at 10**limit on a log axis and stretches the axis to it."""
     fig.add_hline(y=limit, line=dict(color="black", dash="dashdot", width=1))
-    fig.add_annotation(x=0, xref="x domain", y=math.log10(limit) if log_y else limit,
+    fig.add_annotation(x=0.01, xref="x domain", y=math.log10(limit) if log_y else limit,
                        yref="y", text=label, showarrow=False, xanchor="left", yanchor="bottom")
     return fig
 
@@ -61,7 +61,7 @@ def memory_model_figure(shape: ModelShape, seq_lens: list[int], batch_size: int 
     if limit_gib:
         add_limit_line(fig, limit_gib, f"{limit_label}: {limit_gib:.0f} GiB", log_y=True)
     fig.update_xaxes(type="log", title_text="sequence length N (tokens)", **length_ticks(seq_lens))
-    fig.update_yaxes(type="log", title_text="GiB (analytic)")
+    fig.update_yaxes(type="log", dtick=1, title_text="GiB (analytic)")  # one label a decade: 0.1, 1, 10, 100
     fig.update_layout(title=title, height=430, template="plotly_white", legend=dict(orientation="h", y=-0.25),
                       margin=dict(t=60, b=40, l=60, r=20))
     return fig

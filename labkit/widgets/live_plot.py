@@ -74,8 +74,9 @@ def _note_noise(fig: go.Figure, rows: list[dict]) -> None:
     if rows and all(r.get("device", "cpu").startswith("cpu") for r in rows) and \
             not any(a.name == "noise-note" for a in fig.layout.annotations):
         fig.add_annotation(name="noise-note", text=NOISE_NOTE, x=0, xref="paper", y=1.0, yref="paper",
-                           yanchor="bottom", yshift=26, showarrow=False, font=dict(size=11, color="#555"),
+                           yanchor="bottom", yshift=30, showarrow=False, font=dict(size=11, color="#555"),
                            xanchor="left")
+        fig.update_layout(margin=dict(t=110))  # room for the note between the title and the panel titles
 
 
 def _set_length_ticks(fig: go.Figure, rows: list[dict], curves: dict | None = None) -> None:
