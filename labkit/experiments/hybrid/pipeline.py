@@ -78,8 +78,8 @@ class HybridResult:
     losses: dict[str, list[float]] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
 
-    def table(self, digits: int | None = 2):
-        """The rows as a DataFrame indexed by variant, floats rounded for reading (`digits=None`: as measured)."""
+    def table(self, digits: int | None = None):
+        """The rows as a DataFrame indexed by variant (`digits=2`: floats rounded for reading)."""
         import pandas as pd
 
         table = pd.DataFrame(self.rows).set_index("variant")
