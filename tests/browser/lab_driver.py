@@ -213,9 +213,14 @@ WIDGET_OUTPUTS_JS = """() => Array.from(document.querySelectorAll('%s')).map((el
 
 
 def widget_outputs(notebook: dict) -> int:
-    """How many widget outputs a saved notebook holds (top level: widgets inside an Output widget are not counted)."""
-    return sum("application/vnd.jupyter.widget-view+json" in o.get("data", {})
-               for c in notebook["cells"] for o in c.get("outputs", []))
+    """How many widget outputs of a saved notebook should be drawn: top level (not inside an Output widget), and
+    when the widget state was saved, only those whose widget is in it (a closed one, such as a finished progress
+    bar that does not stay, has nothing to draw)."""
+    state = notebook.get("metadata", {}).get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+    live = state.get("state")
+    views = [o["data"]["application/vnd.jupyter.widget-view+json"].get("model_id") for c in notebook["cells"]
+             for o in c.get("outputs", []) if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    return sum(1 for m in views if m and (live is None or m in live))
 
 
 def widget_problems(page, expected: int | None = None) -> list[str]:
