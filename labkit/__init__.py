@@ -38,5 +38,5 @@ class _KnownNoise(_logging.Filter):
 for _name in ("torchao", "torch.utils._pytree"):
     _logging.getLogger(_name).addFilter(_KnownNoise())
 
-# Plotly's renderer is left to plotly: JupyterLab draws its JSON mimetype. Only `make run`, whose HTML export needs
-# plotly.js embedded in each notebook, sets PLOTLY_RENDERER=plotly_mimetype+notebook (plotly reads that variable).
+# Plotly's renderer is left to plotly: JupyterLab draws its JSON mimetype, and a saved notebook stays small. Only
+# `make run`, whose HTML export needs plotly's HTML renderer, sets PLOTLY_RENDERER (plotly reads that variable).

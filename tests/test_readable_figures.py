@@ -98,14 +98,12 @@ def test_picker_filter_waits_for_enter_and_shows_the_whole_grid(tiny):
 
 def test_widgets_name_their_choices(tiny):
     picker = LayerPicker(tiny)
-    with pytest.raises(traitlets.TraitError, match="is not one of: feed-forward only, all linear"):
+    with pytest.raises(traitlets.TraitError, match="not one of the choices: 'feed-forward only', 'all linear'"):
         picker.preset.value = "feed forward"
     with pytest.raises(ValueError, match="unknown preset 'ff'; choose one of"):
         LayerPicker(tiny, preset="ff")
-    with pytest.raises(ValueError, match=r"unknown backend\(s\) \['flash'\]; choose from eager, sdpa, fa2"):
+    with pytest.raises(ValueError, match="'flash' is not one of the choices: 'eager', 'sdpa'"):
         LiveSweepPlot(backends=["flash"], memory_limit_gib=1.0)
     live = LiveSweepPlot(backends=["sdpa"], memory_limit_gib=1.0)
-    with pytest.raises(traitlets.TraitError, match="each must be one of eager, sdpa"):
-        live.backends_select.value = ("flash",)
-    with pytest.raises(traitlets.TraitError, match="is not one of: tiny-llama"):
+    with pytest.raises(traitlets.TraitError, match="not one of the choices"):
         live.model_dropdown.value = "tiny-lama"
