@@ -4,6 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 BUILD := build
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.d/labkit.json
 # the lessons, then their exercise solutions (both executed by `make test` and `make run`)
 LESSONS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 SOLUTIONS := $(sort $(wildcard notebooks/solutions/*.ipynb))
@@ -14,9 +15,9 @@ ifneq ($(wildcard ../shared/data),)
 export LABKIT_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install lab test unit notebooks run clean
+.PHONY: install chromium lab test unit notebooks run clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(LAB_SETTINGS)
 
 $(VENV)/.installed: requirements.txt requirements-embedded.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,11 +27,26 @@ $(VENV)/.installed: requirements.txt requirements-embedded.txt pyproject.toml
 	$(BIN)/python -m pip install --no-deps -e .
 	touch $@
 
+# The lab's JupyterLab settings (widget state saved with the notebook, so a reopened notebook still draws its widgets).
+$(LAB_SETTINGS): etc/jupyterlab/overrides.d/labkit.json $(VENV)/.installed
+	mkdir -p $(dir $@)
+	cp $< $@
+
+# The browser test drives Debian's Chromium (Playwright's own browser download needs a network CI lacks).
+# Installed when missing and when we may (root, apt); otherwise the browser test says why it skips.
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
+	      || echo "apt-get could not install chromium: the browser test will skip"; \
+	  else echo "no Chromium and cannot install it (needs root and apt-get): the browser test will skip"; fi; }
+
 lab: install
 	$(BIN)/jupyter lab notebooks/
 
-# The whole suite: labkit's unit tests and every notebook executed by nbmake, in quick mode.
-test: install
+# The whole suite: labkit's unit tests and every notebook in quick mode, executed by nbmake, or in JupyterLab in
+# headless Chromium for the notebooks with figures or widgets (tests/browser; each notebook runs once).
+test: install chromium
 	LABKIT_PROFILE=quick $(BIN)/python -m pytest -ra --durations=15 tests --nbmake --nbmake-timeout=1200 $(NOTEBOOKS)
 
 unit: install

@@ -38,22 +38,5 @@ class _KnownNoise(_logging.Filter):
 for _name in ("torchao", "torch.utils._pytree"):
     _logging.getLogger(_name).addFilter(_KnownNoise())
 
-
-def _plotly_renders_in_exported_html() -> None:
-    """In a Jupyter kernel plotly defaults to its JSON mimetype alone, which JupyterLab draws but an HTML export
-    (`make run`) drops. Add plotly's HTML renderer (plotly.js embedded, so it works offline), unless the user
-    chose a renderer with PLOTLY_RENDERER."""
-    import os
-    import sys
-
-    if "ipykernel" not in sys.modules or os.environ.get("PLOTLY_RENDERER"):
-        return
-    try:
-        import plotly.io as pio
-    except ImportError:
-        return
-    if pio.renderers.default == "plotly_mimetype":
-        pio.renderers.default = "plotly_mimetype+notebook"
-
-
-_plotly_renders_in_exported_html()
+# Plotly's renderer is left to plotly: JupyterLab draws its JSON mimetype, and a saved notebook stays small. Only
+# `make run`, whose HTML export needs plotly's HTML renderer, sets PLOTLY_RENDERER (plotly reads that variable).

@@ -90,3 +90,25 @@ def simulate_eager_oom(monkeypatch, from_len: int) -> None:
         return real(model, input_ids)
 
     monkeypatch.setattr(prefill_mod, "prefill_callable", prefill_callable)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Run each notebook once: a notebook that the browser test executes (Run All in JupyterLab, failing on any
+    error output, as nbmake does) is not executed a second time by nbmake in the same session. Only when the
+    browser test can run here and is selected; otherwise nbmake runs every notebook as before."""
+    in_browser = {Path(item.callspec.params["notebook"]).resolve() for item in items
+                  if getattr(item, "originalname", "") == "test_notebook_in_browser" and hasattr(item, "callspec")}
+    if not in_browser:
+        return
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "browser"))
+    from lab_driver import why_no_browser
+
+    if why_no_browser() is not None:
+        return
+    twice = [item for item in items if type(item).__name__ == "NotebookItem" and Path(item.path).resolve() in in_browser]
+    if twice:
+        config.hook.pytest_deselected(items=twice)
+        items[:] = [item for item in items if item not in twice]

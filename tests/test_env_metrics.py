@@ -58,7 +58,9 @@ def test_metrics_are_evaluate_modules():
     assert isinstance(metrics.load_metric("accuracy"), evaluate.EvaluationModule)
 
 
-def test_plotly_figures_get_an_html_renderer_in_jupyter_kernels(monkeypatch):
+def test_labkit_leaves_plotly_renderer_alone_in_kernels(monkeypatch):
+    """Saving a notebook must not embed plotly.js (~5 MB): only `make run` asks for the HTML renderer."""
+    import importlib
     import sys
     import types
 
@@ -66,14 +68,21 @@ def test_plotly_figures_get_an_html_renderer_in_jupyter_kernels(monkeypatch):
 
     import labkit
 
-    monkeypatch.delenv("PLOTLY_RENDERER", raising=False)
     monkeypatch.setattr(pio.renderers, "default", "plotly_mimetype")
-    labkit._plotly_renders_in_exported_html()
-    assert pio.renderers.default == "plotly_mimetype"  # not in a kernel: left alone
     monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
-    labkit._plotly_renders_in_exported_html()
-    assert pio.renderers.default == "plotly_mimetype+notebook"  # HTML exports keep the figures
-    monkeypatch.setattr(pio.renderers, "default", "plotly_mimetype")
-    monkeypatch.setenv("PLOTLY_RENDERER", "browser")
-    labkit._plotly_renders_in_exported_html()
-    assert pio.renderers.default == "plotly_mimetype"  # the user's choice wins
+    importlib.reload(labkit)
+    assert pio.renderers.default == "plotly_mimetype"
+
+
+def test_make_run_alone_adds_plotly_html_renderer_for_the_export():
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("make") is None:
+        pytest.skip("no make here")
+    repo = Path(__file__).resolve().parents[1]
+    dry = {t: subprocess.run(["make", "-n", t], cwd=repo, capture_output=True, text=True,
+                             check=True).stdout for t in ("run", "lab")}
+    assert "PLOTLY_RENDERER=${PLOTLY_RENDERER:-plotly_mimetype+notebook" in dry["run"]
+    assert "PLOTLY_RENDERER" not in dry["lab"]

@@ -51,7 +51,7 @@ def fine_tune(
     losses: list[float] = []
     model.train()
     try:
-        bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+        bar = tqdm(range(steps), desc=desc, disable=not progress, leave=True)
         for step in bar:
             ids = blocks[order[step * batch_size:(step + 1) * batch_size]].to(device)
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,

@@ -23,7 +23,7 @@ def perplexity(model: nn.Module, blocks: torch.Tensor, batch_size: int = 8, prog
     """exp(mean next-token NLL) over every predicted token of `blocks` ([n, seq_len] token ids)."""
     device = next(model.parameters()).device
     nll, count = 0.0, 0
-    for i in tqdm(range(0, len(blocks), batch_size), desc="perplexity", disable=not progress, leave=False):
+    for i in tqdm(range(0, len(blocks), batch_size), desc="perplexity", disable=not progress, leave=True):
         ids = blocks[i:i + batch_size].to(device)
         logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
         nll += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"))

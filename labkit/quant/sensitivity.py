@@ -197,7 +197,7 @@ def layer_sensitivity(
         info = describe_linears(model).set_index("name")
         modules = dict(model.named_modules())
         rows = []
-        for name in tqdm(names, desc=f"sensitivity ({mode})", disable=not progress, leave=False):
+        for name in tqdm(names, desc=f"sensitivity ({mode})", disable=not progress, leave=True):
             with quantized_alone(modules[name], mode):
                 kl, nll = _damage(model, batches, refs)
             ppl = math.exp(nll)

@@ -58,8 +58,9 @@ class LayerPicker(widgets.VBox):
         self.preset = ChoiceDropdown(options=list(PRESETS) + [CUSTOM], value=FEED_FORWARD, description="preset")
         self.percent = widgets.IntSlider(value=percent, min=1, max=100, step=1, description="N %",
                                          continuous_update=False)
-        self.filter = widgets.Text(value="", description="name filter",
-                                   placeholder=r"regex, e.g. mlp\.(up|down)  or  layers\.(1[0-9])\.")
+        # read on Enter or when the box loses focus, not per keystroke: a half-typed regex is not an error
+        self.filter = widgets.Text(value="", description="name filter", continuous_update=False,
+                                   placeholder=r"regex, then Enter: mlp\.(up|down)  or  layers\.(1[0-9])\.")
         self.status = widgets.HTML()
         self.checkboxes: dict[str, widgets.Checkbox] = {
             n: widgets.Checkbox(value=False, indent=False, description="", tooltip=n,
@@ -102,8 +103,7 @@ class LayerPicker(widgets.VBox):
             cells.append(self.checkboxes[name])
             cells += [widgets.HTML("") for _ in columns[1:]]
         return widgets.GridBox(cells, layout=widgets.Layout(
-            grid_template_columns=f"minmax(60px, max-content) repeat({len(columns)}, 44px)",
-            max_height="420px", overflow_y="auto"))
+            grid_template_columns=f"minmax(60px, max-content) repeat({len(columns)}, 44px)"))  # every row in view
 
     # -- presets -----------------------------------------------------------------------------------------------
 

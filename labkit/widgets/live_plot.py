@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from labkit.plots.attention import length_ticks
 from labkit.plots.palette import BACKEND_COLORS as COLORS
 from labkit.plots.palette import GREY
 
@@ -32,8 +33,8 @@ def _memory_label(rows: list[dict]) -> str:
 
 def _base_figure(title: str | None, memory_title: str = "peak memory (GiB)") -> go.Figure:
     fig = make_subplots(rows=1, cols=2, subplot_titles=("forward latency", "peak memory"), horizontal_spacing=0.1)
-    fig.update_xaxes(type="log", title_text="sequence length N (tokens)", dtick=0.30103, row=1, col=1)
-    fig.update_xaxes(type="log", title_text="sequence length N (tokens)", dtick=0.30103, row=1, col=2)
+    fig.update_xaxes(type="log", title_text="sequence length N (tokens)", row=1, col=1)
+    fig.update_xaxes(type="log", title_text="sequence length N (tokens)", row=1, col=2)
     fig.update_yaxes(type="log", title_text="latency (ms, median)", row=1, col=1)
     fig.update_yaxes(title_text=memory_title, rangemode="tozero", row=1, col=2)
     fig.update_layout(title=title, height=430, margin=dict(t=70, b=50, l=60, r=20),
@@ -49,10 +50,41 @@ def _series(rows: list[dict], backend: str) -> dict:
     return {
         "x": [r["seq_len"] for r in ok],
         "latency": [r["latency_ms"] for r in ok],
+        "spread": _spread(ok),
         "memory": [r["peak_gib"] for r in ok],
         "failed": failed[:1],
         "last_ok": ok[-1] if ok else None,
     }
+
+
+def _spread(ok: list[dict]) -> dict | None:
+    """Error bars from the 10th to the 90th percentile of the repeats, when the rows carry them."""
+    if not ok or any(r.get("p10_ms") is None or r.get("p90_ms") is None for r in ok):
+        return None
+    return dict(type="data", symmetric=False, array=[max(r["p90_ms"] - r["latency_ms"], 0) for r in ok],
+                arrayminus=[max(r["latency_ms"] - r["p10_ms"], 0) for r in ok], thickness=1.2, width=4)
+
+
+NOISE_NOTE = ("bars: 10th to 90th percentile of the repeats. On a shared CPU, differences smaller than the bars "
+              "are noise.")
+
+
+def _note_noise(fig: go.Figure, rows: list[dict]) -> None:
+    """On a CPU, say under the latency panel that its small differences are timing noise."""
+    if rows and all(r.get("device", "cpu").startswith("cpu") for r in rows) and \
+            not any(a.name == "noise-note" for a in fig.layout.annotations):
+        fig.add_annotation(name="noise-note", text=NOISE_NOTE, x=0, xref="paper", y=1.0, yref="paper",
+                           yanchor="bottom", yshift=30, showarrow=False, font=dict(size=11, color="#555"),
+                           xanchor="left")
+        fig.update_layout(margin=dict(t=110))  # room for the note between the title and the panel titles
+
+
+def _set_length_ticks(fig: go.Figure, rows: list[dict], curves: dict | None = None) -> None:
+    lengths = [r["seq_len"] for r in rows] + list((curves or {}).get("seq_len", []))
+    ticks = length_ticks(lengths)
+    if ticks:
+        fig.update_xaxes(**ticks, row=1, col=1)
+        fig.update_xaxes(**ticks, row=1, col=2)
 
 
 def _oom_markers(rows: list[dict], backends: Iterable[str], memory_limit_gib: float | None) -> dict:
@@ -101,13 +133,15 @@ def static_figure(rows: list[dict], memory_limit_gib: float | None = None, memor
         for panel, key in ((1, "latency"), (2, "memory")):
             fig.add_trace(go.Scatter(
                 x=s["x"], y=s[key], mode="lines+markers", name=backend, legendgroup=backend, showlegend=panel == 1,
-                line=dict(color=_color(backend), width=2.5),
+                line=dict(color=_color(backend), width=2.5), error_y=s["spread"] if panel == 1 else None,
                 hovertemplate="%{x} tokens: %{y:.3g}" + (" ms" if panel == 1 else " GiB") + f"<extra>{backend}</extra>",
             ), row=1, col=panel)
     _add_limit_and_oom(fig, rows, backends, memory_limit_gib, memory_limit_label or memory_label)
     if curves is not None:
         add_memory_model(fig, curves, curve_offset_gib)
     _fit_memory_axis(fig, rows, memory_limit_gib)
+    _set_length_ticks(fig, rows, curves)
+    _note_noise(fig, rows)
     return fig
 
 
@@ -198,6 +232,9 @@ class LiveSweepPlot:
             self.run()
         except ValueError as err:
             self.status.value = f"<span style='color:crimson'>{html.escape(str(err))}</span>"
+            return
+        self.status.value += ("<br><b>The cells below still show the earlier run:</b> run them again "
+                              "(Shift+Enter) to redraw the static figure and the table from these points.")
 
     @staticmethod
     def _unavailable_note(status: dict) -> str:
@@ -247,6 +284,7 @@ class LiveSweepPlot:
                 s = _series(self.rows, backend)
                 lat, mem = fig.data[2 * i], fig.data[2 * i + 1]
                 lat.x, lat.y = s["x"], s["latency"]
+                lat.error_y = s["spread"] or dict(visible=False)
                 mem.x, mem.y = s["x"], s["memory"]
             m = _oom_markers(self.rows, backends, self.memory_limit_gib)
             oom_lat, oom_mem = fig.data[-2], fig.data[-1]
@@ -258,6 +296,8 @@ class LiveSweepPlot:
                 xs = [r["seq_len"] for r in self.rows]
                 fig.data[-3].x, fig.data[-3].y = (min(xs), max(xs)), (self.memory_limit_gib,) * 2
             _fit_memory_axis(fig, self.rows, self.memory_limit_gib)
+            _set_length_ticks(fig, self.rows)
+            _note_noise(fig, self.rows)
             kinds = {r.get("memory_kind") for r in self.rows if r.get("memory_kind")}
             if len(kinds) == 1:
                 fig.layout.yaxis2.title.text = MEMORY_LABELS.get(kinds.pop(), "peak memory") + " (GiB)"

@@ -19,12 +19,14 @@ from labkit.experiments.hybrid.targets import (
     file_targets,
     latency_effect,
     prefill_table,
+    rows_table,
+    targets_table,
 )
 from labkit.experiments.hybrid.seeds import run_hybrid_seeds
 
 __all__ = [
     "EIGHTY_GB_GIB", "FEED_FORWARD", "SHAPE_MODES", "VARIANTS", "HybridConfig", "HybridResult", "Variant",
     "attention_backend", "check_hybrid", "checks_table", "evaluate_targets", "file_targets", "latency_effect",
-    "make_variant", "measure_speed", "prefill_table", "run_hybrid", "run_hybrid_seeds", "shape_benchmark",
-    "snapshot_unselected",
+    "make_variant", "measure_speed", "prefill_table", "rows_table", "run_hybrid", "run_hybrid_seeds", "shape_benchmark",
+    "snapshot_unselected", "targets_table",
 ]

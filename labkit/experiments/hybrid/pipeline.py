@@ -79,11 +79,12 @@ class HybridResult:
     losses: dict[str, list[float]] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
 
-    def table(self):
-        """The rows as a DataFrame indexed by variant."""
+    def table(self, digits: int | None = None):
+        """The rows as a DataFrame indexed by variant (`digits=2`: floats rounded for reading)."""
         import pandas as pd
 
-        return pd.DataFrame(self.rows).set_index("variant")
+        table = pd.DataFrame(self.rows).set_index("variant")
+        return table if digits is None else table.round(digits)
 
     def as_dict(self) -> dict:
         return asdict(self)

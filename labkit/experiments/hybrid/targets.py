@@ -125,16 +125,55 @@ def latency_effect(rows: list[dict], shape_rows: list[dict] | None = None) -> li
     return out
 
 
+def _kernels(check: dict) -> str:
+    """'cpu-flash x30 OK': which attention kernels ran (from the profiled forward), short enough for a column."""
+    families = check.get("attention_families") or {}
+    ran = ", ".join(f"{k} x{v}" for k, v in families.items()) or (check.get("attention") or "?")[:40]
+    return f"{ran} {'OK' if check.get('attention_ok') else 'NOT OK'}"
 
-def checks_table(checks: dict[str, dict]):
-    """One row per variant: attention kernel evidence, matmul evidence, INT8 == selection, unselected untouched."""
-    cols = ["attention", "matmul", "int8_layers", "int8_matches_selection", "unselected_checked", "unselected_untouched",
-            "head_still_tied", "fake_quantized_match", "ok"]
+
+def _matmuls(check: dict) -> str:
+    """'OK: 222 integer calls': whether the matmuls that ran fit the variant, short enough for a column.
+    The full matmul evidence of a variant is `checks[variant]["matmul"]`."""
+    if "matmul_ok" not in check:
+        return "-"
+    calls = (check.get("matmul_evidence") or {}).get("integer_calls")
+    return f"{'OK' if check['matmul_ok'] else 'NOT OK'}" + (f": {calls} integer calls" if calls is not None else "")
+
+
+def checks_table(checks: dict[str, dict]) -> pd.DataFrame:
+    """One row per variant: attention kernels that ran, matmul kernel evidence, INT8 == selection, unselected
+    layers untouched.
+    The full attention evidence of a variant is `checks[variant]["attention"]`."""
+    cols = ["attention kernels", "backend", "matmul kernels", "int8_layers", "int8_matches_selection", "unselected_checked",
+            "unselected_untouched", "head_still_tied", "fake_quantized_match", "ok"]
     table = pd.DataFrame.from_dict(checks, orient="index")
+    table["attention kernels"] = [_kernels(c) for c in checks.values()]
+    table["matmul kernels"] = [_matmuls(c) for c in checks.values()]
     return table[[c for c in cols if c in table.columns]]
 
 
-def prefill_table(rows: list[dict]) -> pd.DataFrame:
-    """Tidy long format: one row per variant x prefill length (latency, peak and activation memory, OOM)."""
-    return pd.DataFrame([{"variant": r["variant"], "method": r.get("method"), **p}
-                         for r in rows for p in r.get("prefill", [])])
+def rows_table(rows: list[dict], digits: int | None = 2) -> pd.DataFrame:
+    """Result rows as a DataFrame indexed by variant; floats rounded to `digits` for reading (None: as measured)."""
+    table = pd.DataFrame(rows).set_index("variant")
+    return table if digits is None else table.round(digits)
+
+
+def prefill_table(rows: list[dict], digits: int | None = 2) -> pd.DataFrame:
+    """Tidy long format: one row per variant x prefill length (latency, peak and activation memory, OOM);
+    floats rounded to `digits` (None: as measured)."""
+    table = pd.DataFrame([{"variant": r["variant"], "method": r.get("method"), **p}
+                          for r in rows for p in r.get("prefill", [])])
+    return table if digits is None else table.round(digits)
+
+
+def targets_table(targets: list[dict]):
+    """Targets from `evaluate_targets` for display (a pandas Styler): whole sentences, left-aligned, and the
+    verdict as met / MISSED / not measured."""
+    verdict = {True: "met", False: "MISSED", None: "not measured"}
+    table = pd.DataFrame([{"target": t["target"], "measured": t["measured"], "verdict": verdict[t["met"]]}
+                          for t in targets])
+    return (table.style.hide(axis="index")
+            .set_properties(**{"text-align": "left", "white-space": "normal"})
+            .set_properties(subset=["measured", "verdict"], **{"white-space": "nowrap"})
+            .set_table_styles([{"selector": "th", "props": [("text-align", "left")]}]))

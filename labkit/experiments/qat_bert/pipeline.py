@@ -240,7 +240,7 @@ def evaluate(model: nn.Module, eval_ds, tokenizer, batch_size: int = 32, desc: s
     device = next(model.parameters()).device
     preds: list[int] = []
     n_batches = (len(eval_ds) + batch_size - 1) // batch_size
-    for batch in tqdm(batches(eval_ds, tokenizer, batch_size), total=n_batches, desc=desc, leave=False):
+    for batch in tqdm(batches(eval_ds, tokenizer, batch_size), total=n_batches, desc=desc, leave=True):
         logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
         preds += logits.argmax(-1).tolist()
     return classification_metrics(preds, eval_ds["label"])
