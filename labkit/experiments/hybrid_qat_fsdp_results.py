@@ -203,11 +203,10 @@ def combine(parts: dict[str, str | Path], out: str | Path, notes: list[str] | No
 
 
 def load_reference(device: str = "h200x2", directory: str | Path | None = None) -> dict | None:
-    """The committed data/reference/hybrid_qat_fsdp_<device>.json, or None if it is not there."""
-    from labkit.results.reference import reference_dir
+    """The committed data/reference/hybrid_qat_fsdp_<device>.json (a complete full run), or None if there is none."""
+    from labkit.results.reference import load_reference as load
 
-    path = Path(directory or reference_dir()) / f"hybrid_qat_fsdp_{device}.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return load("hybrid_qat_fsdp", device, directory=directory)[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------

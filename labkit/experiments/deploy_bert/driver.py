@@ -134,10 +134,10 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def load_reference() -> dict | None:
-    """The committed full-profile result file, or None when absent."""
-    import json
+    """The committed full-profile result file (a complete run), or None when there is none."""
+    from labkit.results.reference import load_reference as load
 
-    return json.loads(REFERENCE.read_text(encoding="utf-8")) if REFERENCE.is_file() else None
+    return load("deploy_bert", "cpu")[0]
 
 
 def main(argv: list[str] | None = None) -> int:
