@@ -2,7 +2,8 @@
 
     cfg = QATBertConfig.for_profile("quick")     run_qat_bert(cfg) -> QATBertResult (one row per variant)
     target_checks(rows), accuracy_changes(rows), results_frame(rows), run_legacy(result)
-`python -m labkit.bench qat` runs it and writes a result file (labkit.experiments.qat_bert.bench).
+`python -m labkit.bench qat` runs it and writes a result file (labkit.experiments.qat_bert.bench); each seed's
+trained models are saved in its run folder: save_trained / load_trained (labkit.experiments.qat_bert.saved_models).
 """
 
 from labkit.experiments.qat_bert.latency import compile_settings, latency_inputs, measure_latency
@@ -24,9 +25,10 @@ from labkit.experiments.qat_bert.report import (
     run_legacy,
     target_checks,
 )
+from labkit.experiments.qat_bert.saved_models import load_trained, save_trained, saved_stages
 
 __all__ = [
     "DATASETS", "LABELS", "VARIANTS", "QATBertConfig", "QATBertResult", "accuracy_changes", "compile_settings",
-    "evaluate", "latency_inputs", "load_data", "measure_latency", "results_frame", "run_legacy", "run_qat_bert",
-    "target_checks", "train", "file_targets",
+    "evaluate", "file_targets", "latency_inputs", "load_data", "load_trained", "measure_latency", "results_frame",
+    "run_legacy", "run_qat_bert", "save_trained", "saved_stages", "target_checks", "train",
 ]

@@ -10,8 +10,10 @@
 Writes a run folder runs/qat_bert_cpu_<time>/: result.json with provenance (device, CPU, threads, versions, date,
 command), the config, one row per variant (accuracy, f1, size_mb, latency_ms_b1, latency_ms_b8 eager,
 *_compiled ...), the target checks and the save/load round-trip check; result.jsonl with each finished stage and
-seed as it finishes. The models live in memory, so `--resume` reuses the finished seeds and runs the others. `--update-reference` copies a complete full-profile run to
-data/reference/qat_bert_cpu.json.
+seed as it finishes; models/seed<k>/<stage>.safetensors with each seed's trained models (fp32, fp32-extra, and qat
+before its conversion) as each training stage finishes (labkit.experiments.qat_bert.saved_models). `--resume`
+reuses the finished seeds, and for a seed cut short loads its saved models instead of training them again, then
+measures the rest. `--update-reference` copies a complete full-profile run to data/reference/qat_bert_cpu.json.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from labkit.env import get_profile, provenance
 from labkit.experiments.qat_bert.pipeline import QATBertConfig
 from labkit.experiments.qat_bert.report import matmul_checks
+from labkit.experiments.qat_bert.saved_models import saved_stages
 from labkit.experiments.qat_bert.seeds import run_seeds, seeds_report
 from labkit.models import UnknownModelError, meta_model
 from labkit.quant.selection import EmptySelectionError, resolve_layers
@@ -78,10 +81,15 @@ def run(args: argparse.Namespace) -> dict:
           f"writing {run_.json_path}", flush=True)
     with run_:
         # every seed is one whole run (its own fine-tune, data order, QAT); a seed an earlier attempt finished is
-        # in the JSONL and is not run again (a seed cut short runs again: its models lived in memory only)
+        # in the JSONL and is not run again; a seed cut short reloads the trained models it saved in the run folder
         earlier = {r["seed"]: r for r in run_.recorded("seed")}
         if earlier:
             print(f"resume: seeds {sorted(earlier)} already finished", flush=True)
+        if args.resume:
+            for seed in (s for s in cfg.seeds if s not in earlier):
+                if saved := saved_stages(run_.json_path.parent, seed):
+                    print(f"resume: seed {seed} reloads its trained {', '.join(saved)} "
+                          f"from {run_.json_path.parent / 'models'}", flush=True)
 
         def on_seed(seed: int, result) -> None:
             item = {"seed": seed, "rows": result.rows}
@@ -95,7 +103,8 @@ def run(args: argparse.Namespace) -> dict:
             run_.record("seed", item)
 
         _, rows_by_seed = run_seeds(cfg, done={s: r["rows"] for s, r in earlier.items()}, on_seed=on_seed,
-                                    on_stage=lambda stage, s: run_.record("stage", {"stage": stage, "seconds": s}))
+                                    on_stage=lambda stage, s: run_.record("stage", {"stage": stage, "seconds": s}),
+                                    models_dir=run_.json_path.parent)
         first = earlier.get(cfg.seeds[0], {})
         seeds = seeds_report(cfg, rows_by_seed, first.get("config", {}).get("n_eval_actual"))
         matmul = matmul_checks(rows_by_seed[cfg.seeds[0]])

@@ -271,13 +271,40 @@ def make_ptq_static(fp32: nn.Module, cfg: QATBertConfig, train_ds, tokenizer) ->
     return model
 
 
-def make_qat(fp32: nn.Module, cfg: QATBertConfig, train_ds, tokenizer) -> tuple[nn.Module, dict]:
-    """A copy of `fp32`, prepared with fake quantizers, trained `extra_steps`, converted to real INT8."""
-    model = copy.deepcopy(fp32).train()
-    prepare_qat(model, cfg.layers, activations=cfg.activations, embeddings=cfg.embeddings)
-    info = train(model, train_ds, tokenizer, cfg, cfg.extra_steps, cfg.extra_lr, "qat")
+def make_qat(fp32: nn.Module, cfg: QATBertConfig, train_ds, tokenizer, store=None) -> tuple[nn.Module, dict]:
+    """A copy of `fp32`, prepared with fake quantizers, trained `extra_steps`, converted to real INT8.
+
+    store: a `saved_models.SeedModels`; the trained QAT model (before convert) is saved there, or loaded from it
+    instead of training when an earlier attempt saved it."""
+    saved = store.load("qat", copy.deepcopy(fp32)) if store is not None else None
+    if saved is not None:
+        model, info = saved
+    else:
+        model = copy.deepcopy(fp32).train()
+        prepare_qat(model, cfg.layers, activations=cfg.activations, embeddings=cfg.embeddings)
+        info = train(model, train_ds, tokenizer, cfg, cfg.extra_steps, cfg.extra_lr, "qat")
+        if store is not None:
+            store.save("qat", model, info)
     convert_qat(model)
     return model.eval(), info
+
+
+def training_settings(cfg: QATBertConfig) -> dict:
+    """What decides the trained weights of a seed (saved with them, so a resumed run reuses only matching ones)."""
+    keys = ("model", "dataset", "n_train", "max_length", "batch_size", "fp32_steps", "extra_steps", "lr", "extra_lr",
+            "warmup_ratio", "activations", "embeddings", "seed", "data_dir")
+    return {**{k: getattr(cfg, k) for k in keys}, "layers": repr(cfg.layers)}
+
+
+def _trained(store, stage: str, base: nn.Module, train_fn) -> tuple[nn.Module, dict]:
+    """`base` trained by `train_fn(base) -> info`, or loaded from `store` when an earlier attempt saved it."""
+    saved = store.load(stage, base) if store is not None else None
+    if saved is not None:
+        return saved
+    info = train_fn(base)
+    if store is not None:
+        store.save(stage, base, info)
+    return base, info
 
 
 # ------------------------------------------------------------------------------------------- the run
@@ -293,10 +320,14 @@ def variant_mode(variant: str, cfg: QATBertConfig) -> str:
 
 
 def run_qat_bert(cfg: QATBertConfig | None = None, progress: bool = True, keep_models: bool = False,
-                 on_stage=None) -> QATBertResult:
+                 on_stage=None, models_dir=None) -> QATBertResult:
     """Run the whole comparison and return one row per variant (see the module docstring); with
     `keep_models` the result also holds the five models, the tokenizer and the datasets. `on_stage(stage, seconds)`
-    is called as each stage finishes (the benchmark logs them as it goes)."""
+    is called as each stage finishes (the benchmark logs them as it goes). `models_dir`: a run folder; each
+    training stage's model is saved there as it finishes (`saved_models`), and a stage already saved there is
+    loaded instead of trained (how `--resume` skips the training an interrupted run finished)."""
+    from labkit.experiments.qat_bert.saved_models import SeedModels
+
     cfg = cfg or QATBertConfig.for_profile("quick")
     cfg.validate()
     torch.manual_seed(cfg.seed)
@@ -324,13 +355,16 @@ def run_qat_bert(cfg: QATBertConfig | None = None, progress: bool = True, keep_m
     vocab_size = model.config.vocab_size
     done("load")
 
-    fp32_info = train(model, train_ds, tokenizer, cfg, cfg.fp32_steps, cfg.lr, "fp32")
+    store = SeedModels(models_dir, cfg.seed, training_settings(cfg)) if models_dir is not None else None
+    model, fp32_info = _trained(store, "fp32", model,
+                                lambda m: train(m, train_ds, tokenizer, cfg, cfg.fp32_steps, cfg.lr, "fp32"))
     models: dict[str, nn.Module] = {"fp32": model}
     info: dict[str, dict] = {"fp32": fp32_info}
     done("fine-tune FP32")
 
-    extra = copy.deepcopy(model).train()
-    info["fp32-extra"] = train(extra, train_ds, tokenizer, cfg, cfg.extra_steps, cfg.extra_lr, "fp32-extra")
+    extra, info["fp32-extra"] = _trained(
+        store, "fp32-extra", copy.deepcopy(model).train(),
+        lambda m: train(m, train_ds, tokenizer, cfg, cfg.extra_steps, cfg.extra_lr, "fp32-extra"))
     info["fp32-extra"]["steps"] += cfg.fp32_steps
     models["fp32-extra"] = extra
     done("FP32 extra steps")
@@ -341,7 +375,7 @@ def run_qat_bert(cfg: QATBertConfig | None = None, progress: bool = True, keep_m
     models["ptq-static"] = make_ptq_static(model, cfg, train_ds, tokenizer)
     info["ptq-static"] = {"steps": cfg.fp32_steps, "calibration_batches": cfg.calibration_batches}
     done("PTQ static")
-    models["qat"], info["qat"] = make_qat(model, cfg, train_ds, tokenizer)
+    models["qat"], info["qat"] = make_qat(model, cfg, train_ds, tokenizer, store)
     info["qat"]["steps"] += cfg.fp32_steps
     done("QAT")
 

@@ -132,5 +132,32 @@ def load_trained(run: str | os.PathLike, seed: int, stage: str, base_model: nn.M
     return base_model.eval()
 
 
-__all__ = ["STAGES", "SavedModelError", "load_trained", "run_folder", "save_trained", "saved_stages",
+class SeedModels:
+    """One seed's trained stages in a run folder, for the pipeline: `load` what an earlier attempt saved (None when
+    it did not), `save` as each stage finishes. `training` (what decides the weights: model, data, steps, lr ...) is
+    saved with each stage; a stage saved under other settings is refused rather than reused."""
+
+    def __init__(self, run: str | os.PathLike, seed: int, training: dict):
+        self.run, self.seed, self.training = run_folder(run), int(seed), dict(training)
+
+    def load(self, stage: str, base_model: nn.Module) -> tuple[nn.Module, dict] | None:
+        """(base_model with the saved weights, its training info), or None when the stage was not saved."""
+        if stage not in saved_stages(self.run, self.seed):
+            return None
+        saved = trained_info(self.run, self.seed, stage).get("info", {})
+        if saved.get("training") != self.training:
+            diff = sorted(k for k in set(saved.get("training", {})) | set(self.training)
+                          if saved.get("training", {}).get(k) != self.training.get(k))
+            raise SavedModelError(f"--resume: the {stage!r} model saved for seed {self.seed} in {self.run} was "
+                                  f"trained with other settings ({', '.join(diff)}); resume with the same "
+                                  "arguments, or start a new run")
+        model = load_trained(self.run, self.seed, stage, base_model)
+        return model, {k: v for k, v in saved.items() if k != "training"}
+
+    def save(self, stage: str, model: nn.Module, info: dict) -> Path:
+        return save_trained(self.run, self.seed, stage, model, info={**info, "training": self.training},
+                            model_name=self.training.get("model"))
+
+
+__all__ = ["STAGES", "SavedModelError", "SeedModels", "load_trained", "run_folder", "save_trained", "saved_stages",
            "stage_files", "trained_info"]

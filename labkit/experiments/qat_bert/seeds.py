@@ -23,9 +23,11 @@ def run_seeds(
     on_seed: Callable[[int, QATBertResult], None] | None = None,
     on_stage: Callable[[str, float], None] | None = None,
     progress: bool = True,
+    models_dir=None,
 ) -> tuple[QATBertResult | None, dict[int, list[dict]]]:
     """Run `cfg.seeds` in order; returns (the full result of the first seed run here, or None when it was in
-    `done`; rows by seed). `on_seed(seed, result)` is called as each seed finishes."""
+    `done`; rows by seed). `on_seed(seed, result)` is called as each seed finishes. `models_dir`: the run folder
+    where each seed's trained models are saved (and reloaded from, for a seed an earlier attempt cut short)."""
     cfg.validate()
     rows: dict[int, list[dict]] = dict(done or {})
     first: QATBertResult | None = None
@@ -33,7 +35,7 @@ def run_seeds(
         if seed in rows:
             continue
         result = pipeline.run_qat_bert(replace(cfg, seed=seed, latency=cfg.latency and i == 0), progress=progress,
-                                       on_stage=on_stage)
+                                       on_stage=on_stage, **({"models_dir": models_dir} if models_dir else {}))
         rows[seed] = result.rows
         if first is None:
             first = result
