@@ -289,23 +289,6 @@ def make_qat(fp32: nn.Module, cfg: QATBertConfig, train_ds, tokenizer, store=Non
     return model.eval(), info
 
 
-def training_settings(cfg: QATBertConfig) -> dict:
-    """What decides the trained weights of a seed (saved with them, so a resumed run reuses only matching ones)."""
-    keys = ("model", "dataset", "n_train", "max_length", "batch_size", "fp32_steps", "extra_steps", "lr", "extra_lr",
-            "warmup_ratio", "activations", "embeddings", "seed", "data_dir")
-    return {**{k: getattr(cfg, k) for k in keys}, "layers": repr(cfg.layers)}
-
-
-def _trained(store, stage: str, base: nn.Module, train_fn) -> tuple[nn.Module, dict]:
-    """`base` trained by `train_fn(base) -> info`, or loaded from `store` when an earlier attempt saved it."""
-    saved = store.load(stage, base) if store is not None else None
-    if saved is not None:
-        return saved
-    info = train_fn(base)
-    if store is not None:
-        store.save(stage, base, info)
-    return base, info
-
 
 # ------------------------------------------------------------------------------------------- the run
 
@@ -326,7 +309,7 @@ def run_qat_bert(cfg: QATBertConfig | None = None, progress: bool = True, keep_m
     is called as each stage finishes (the benchmark logs them as it goes). `models_dir`: a run folder; each
     training stage's model is saved there as it finishes (`saved_models`), and a stage already saved there is
     loaded instead of trained (how `--resume` skips the training an interrupted run finished)."""
-    from labkit.experiments.qat_bert.saved_models import SeedModels
+    from labkit.experiments.qat_bert.saved_models import SeedModels, trained_or_loaded, training_settings
 
     cfg = cfg or QATBertConfig.for_profile("quick")
     cfg.validate()
@@ -356,13 +339,13 @@ def run_qat_bert(cfg: QATBertConfig | None = None, progress: bool = True, keep_m
     done("load")
 
     store = SeedModels(models_dir, cfg.seed, training_settings(cfg)) if models_dir is not None else None
-    model, fp32_info = _trained(store, "fp32", model,
-                                lambda m: train(m, train_ds, tokenizer, cfg, cfg.fp32_steps, cfg.lr, "fp32"))
+    model, fp32_info = trained_or_loaded(store, "fp32", model,
+                                         lambda m: train(m, train_ds, tokenizer, cfg, cfg.fp32_steps, cfg.lr, "fp32"))
     models: dict[str, nn.Module] = {"fp32": model}
     info: dict[str, dict] = {"fp32": fp32_info}
     done("fine-tune FP32")
 
-    extra, info["fp32-extra"] = _trained(
+    extra, info["fp32-extra"] = trained_or_loaded(
         store, "fp32-extra", copy.deepcopy(model).train(),
         lambda m: train(m, train_ds, tokenizer, cfg, cfg.extra_steps, cfg.extra_lr, "fp32-extra"))
     info["fp32-extra"]["steps"] += cfg.fp32_steps

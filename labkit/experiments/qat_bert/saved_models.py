@@ -159,5 +159,25 @@ class SeedModels:
                             model_name=self.training.get("model"))
 
 
+
+def training_settings(cfg) -> dict:
+    """What decides a seed's trained weights (a QATBertConfig's model, data, steps, lr ...), saved with them."""
+    keys = ("model", "dataset", "n_train", "max_length", "batch_size", "fp32_steps", "extra_steps", "lr", "extra_lr",
+            "warmup_ratio", "activations", "embeddings", "seed", "data_dir")
+    return {**{k: getattr(cfg, k) for k in keys}, "layers": repr(cfg.layers)}
+
+
+def trained_or_loaded(store: SeedModels | None, stage: str, base: nn.Module, train_fn) -> tuple[nn.Module, dict]:
+    """(`base` trained by `train_fn(base) -> info`, info), or loaded from `store` when an earlier attempt saved
+    that stage; a stage trained here is saved to `store` (None: train, save nothing)."""
+    saved = store.load(stage, base) if store is not None else None
+    if saved is not None:
+        return saved
+    info = train_fn(base)
+    if store is not None:
+        store.save(stage, base, info)
+    return base, info
+
+
 __all__ = ["STAGES", "SavedModelError", "SeedModels", "load_trained", "run_folder", "save_trained", "saved_stages",
-           "stage_files", "trained_info"]
+           "stage_files", "trained_info", "trained_or_loaded", "training_settings"]
