@@ -161,7 +161,8 @@ def _hybrid_options(p: argparse.ArgumentParser) -> None:
 
 
 OPTIONS = {"qat": _qat_options, "attention": _attention_options, "kernels": _kernels_options,
-           "hybrid": _hybrid_options}
+           "hybrid": _hybrid_options}  # the others declare theirs in their module (`add_arguments(parser)`)
+OWN_FILES = {"fast8bit", "hybrid-qat", "deploy"}  # experiments that still write their own files (own --out)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -173,7 +174,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--profile", choices=("quick", "full"), default=None,
                        help="run profile (default: $LABKIT_PROFILE, else full on a GPU, quick on a CPU)")
-        if name not in OPTIONS:  # an experiment that declares its own options and writes its own files
+        if name in OWN_FILES:  # an experiment that declares its own options and writes its own files
             p.add_argument("--out", default=None, help="result file")
             importlib.import_module(module_name).add_arguments(p)
             subparsers[name] = p
@@ -187,7 +188,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         p.add_argument("--update-reference", action="store_true",
                        help="at the end, copy the result to data/reference/<experiment>_<device>.json; only a "
                             "complete full-profile run can do so")
-        OPTIONS[name](p)
+        if name in OPTIONS:
+            OPTIONS[name](p)
+        else:
+            importlib.import_module(module_name).add_arguments(p)
         subparsers[name] = p
     return parser, subparsers
 

@@ -1,8 +1,7 @@
 """Check and time labkit's Triton FlashAttention-2 against PyTorch's FA2 and cuDNN attention, in one run.
 
-    python -m labkit.attention.triton_fa2_bench                 full profile on a GPU -> build/triton_fa2_<gpu>.json
-    python -m labkit.attention.triton_fa2_bench --reference     ... -> data/reference/triton_fa2_<gpu>.json
-    python -m labkit.bench triton-fa2 [the same options]        the same, as a lab benchmark command
+    python -m labkit.bench triton-fa2 [--profile full] [--out runs/<run>/] [--resume] [--update-reference]
+    python -m labkit.attention.triton_fa2_bench [the same options]    the same, without the lab's CLI
 
 1. correctness at real shapes: O, dQ, dK, dV against float32 math attention (relative error ||x - ref|| / ||ref||),
    beside the error of PyTorch's FA2 on the same inputs (the yardstick for the dtype's rounding);
@@ -11,20 +10,26 @@
    2.5 times that for the backward (the FlashAttention papers' convention);
 3. optionally (--prefill) the Llama-2-7B-shape prefill latency with each backend (random weights).
 
-The file is rewritten after every measurement, so an interrupted run keeps what it measured; out-of-memory is a
-row. Exits non-zero when a correctness check fails or nothing could be measured.
+A run writes its own folder runs/triton_fa2_<gpu>_<time>/ (labkit.results.run): result.json, and result.jsonl with
+every check and timing appended as it finishes; `--resume --out <run>` measures only what the JSONL lacks;
+`--update-reference` copies a complete full-profile run to data/reference/triton_fa2_<gpu>.json. Out-of-memory is
+a row. The run ends `failed` (exit 1) when a correctness check fails or nothing could be measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
-from pathlib import Path
 
 import torch
+
+from labkit.results.files import command_line, device_slug
+from labkit.results.reference import load_reference
+from labkit.results.run import Run, RunSetupError, check_run_options, publish
+
+EXPERIMENT = "triton_fa2"
 
 PROFILES = {
     "full": dict(seq_lens=[1024, 2048, 4096, 8192, 16384, 32768], head_dims=[128, 64], heads=32,
@@ -43,14 +48,6 @@ TOLERANCE = {"bfloat16": 2e-2, "float16": 5e-3, "float32": 1e-4}
 def attention_flops(batch: int, heads: int, n: int, head_dim: int, causal: bool, backward: bool) -> float:
     flops = 4.0 * batch * heads * n * n * head_dim * (0.5 if causal else 1.0)
     return flops * 2.5 if backward else flops
-
-
-def device_slug() -> str:
-    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    for chip in ("H200", "H100", "A100", "L40S", "L4", "A10G", "T4"):
-        if chip in name:
-            return chip.lower()
-    return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
 
 
 def attention_call(backend: str, q, k, v, causal: bool):
@@ -195,13 +192,6 @@ def kernel_breakdown(backend: str, n: int, head_dim: int, heads: int, calls: int
                 gpu_us=sum(kernels.values()), kernels_us=kernels)
 
 
-def write(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def summary(rows: list[dict]) -> list[str]:
     """Lines: per direction, head dim and N, TFLOP/s of each backend and triton-fa2's ratio to fa2 and cudnn."""
     table = {(r["direction"], r["head_dim"], r["seq_len"], r["backend"]): r["tflops"] for r in rows}
@@ -215,18 +205,29 @@ def summary(rows: list[dict]) -> list[str]:
 
 
 def load_committed(gpu: str = "h100") -> dict | None:
-    """The committed reference data/reference/triton_fa2_<gpu>.json of this checkout (None when absent)."""
-    path = Path(__file__).resolve().parents[2] / "data" / "reference" / f"triton_fa2_{gpu}.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    """The committed reference data/reference/triton_fa2_<gpu>.json (a complete full-profile run), or None."""
+    data, _ = load_reference(EXPERIMENT, gpu)
+    return data
 
 
-def add_options(p: argparse.ArgumentParser, profile_and_out: bool = True) -> None:
-    """The benchmark's options (`python -m labkit.bench triton-fa2` adds --profile and --out itself)."""
-    if profile_and_out:
-        p.add_argument("--profile", choices=sorted(PROFILES), default="full")
-        p.add_argument("--out", default=None, help="result file (default: build/triton_fa2_<gpu>.json)")
-    p.add_argument("--reference", action="store_true",
-                   help="write data/reference/triton_fa2_<gpu>.json (the committed reference) instead")
+def gpu_unavailable_reason() -> str | None:
+    """Why the benchmark cannot run here (None: a CUDA GPU is visible)."""
+    if torch.cuda.is_available():
+        return None
+    return ("this benchmark times CUDA kernels and needs an NVIDIA GPU; the committed H100 figures are in "
+            "data/reference/triton_fa2_h100.json (notebook 02b shows them)")
+
+
+def add_options(p: argparse.ArgumentParser, standalone: bool = True) -> None:
+    """The benchmark's options (`python -m labkit.bench triton-fa2` adds --profile, --out, --resume and
+    --update-reference itself)."""
+    if standalone:
+        p.add_argument("--profile", choices=sorted(PROFILES), default=None)
+        p.add_argument("--out", default=None, help="result file or folder (default: runs/triton_fa2_<gpu>_<time>/)")
+        p.add_argument("--resume", action="store_true", help="continue the run of --out, skipping what it measured")
+        p.add_argument("--update-reference", action="store_true",
+                       help="copy a complete full-profile run to data/reference/triton_fa2_<gpu>.json at the end")
+    p.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)  # the old flag: refused, with the fix
     p.add_argument("--seq-lens", default=None, help="comma-separated N (default: by profile)")
     p.add_argument("--head-dims", default=None, help="comma-separated head dims (default: by profile)")
     p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated: " + ", ".join(BACKENDS))
@@ -237,102 +238,156 @@ def add_options(p: argparse.ArgumentParser, profile_and_out: bool = True) -> Non
     p.add_argument("--prefill-layers", type=int, default=None, help="layers of that model (default: all 32)")
 
 
-def normalise(args: argparse.Namespace) -> argparse.Namespace:
-    """Split the comma-separated options; refuse bad values before any work, naming the option and the fix."""
-    for name in ("seq_lens", "head_dims", "prefill"):
-        value = getattr(args, name)
-        try:
-            setattr(args, name, [int(x) for x in value.split(",") if x] if isinstance(value, str) else value)
-        except ValueError:
-            raise SystemExit(f"--{name.replace('_', '-')}={value!r} must be comma-separated integers, "
-                             "e.g. 1024,4096") from None
+def _positive_ints(flag: str, value) -> list[int]:
+    if not isinstance(value, str):
+        return list(value or [])
+    try:
+        values = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} {value!r}: give comma-separated whole numbers, e.g. 1024,4096") from None
+    if any(v < 1 for v in values):
+        raise ValueError(f"{flag} {value!r}: every value must be at least 1, e.g. 1024,4096")
+    return values
+
+
+def check(args: argparse.Namespace) -> None:
+    """Every argument, before any work (ValueError naming the argument, the value and the fix); sets args.cfg,
+    args.profile_name, args.slug and args.paths."""
+    from labkit.env import get_profile
+
+    if getattr(args, "reference", False):
+        raise ValueError("--reference: a benchmark no longer writes the committed reference directly; run "
+                         "`python -m labkit.bench triton-fa2 --profile full --update-reference` (a complete run "
+                         "is copied to data/reference/ at the end)")
+    seq_lens = _positive_ints("--seq-lens", args.seq_lens)
+    head_dims = _positive_ints("--head-dims", args.head_dims)
+    args.prefill = _positive_ints("--prefill", args.prefill)
     backends = args.backends.split(",") if isinstance(args.backends, str) else list(args.backends)
-    bad = set(backends) - set(BACKENDS)
-    if bad:
-        raise SystemExit(f"--backends has {sorted(bad)}; known: {', '.join(BACKENDS)}")
+    bad = sorted(set(backends) - set(BACKENDS))
+    if bad or not backends:
+        raise ValueError(f"--backends {args.backends!r}: unknown {bad}; choose from {','.join(BACKENDS)}")
     args.backends = backends
-    args.profile = args.profile or "full"
-    return args
+    if args.prefill_layers is not None and args.prefill_layers < 1:
+        raise ValueError(f"--prefill-layers {args.prefill_layers}: give at least 1 (or leave it out: all 32)")
+    profile = args.profile or get_profile()
+    if why := gpu_unavailable_reason():
+        raise ValueError(why)
+    cfg = dict(PROFILES[profile])
+    cfg["seq_lens"], cfg["head_dims"] = seq_lens or cfg["seq_lens"], head_dims or cfg["head_dims"]
+    args.slug = device_slug()
+    try:
+        check_run_options(args, EXPERIMENT, args.slug, profile)
+    except RunSetupError as err:
+        raise ValueError(str(err)) from None
+    args.cfg, args.profile_name = cfg, profile
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m labkit.attention.triton_fa2_bench",
-                                description=__doc__.split("\n")[0])
-    add_options(p)
-    return normalise(p.parse_args(argv))
-
-
-def main(argv=None) -> int:
-    """`python -m labkit.attention.triton_fa2_bench [options]`; 0 when every check passed and rows were measured."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    return run_benchmark(parse_args(argv), "python -m labkit.attention.triton_fa2_bench " + " ".join(argv))
-
-
-def run_benchmark(args: argparse.Namespace, command: str) -> int:
-    """Run the checks, the kernel timings and the optional prefill sweep of `args`; write the result file."""
-    if not torch.cuda.is_available():
-        print("this benchmark times CUDA kernels and needs an NVIDIA GPU; the committed H100 figures are in "
-              "data/reference/triton_fa2_h100.json", file=sys.stderr)
-        return 2
-    import triton
-
+def run(args: argparse.Namespace) -> dict:
+    """Run the checks, the kernel timings and the optional prefill sweep into the run's files; returns the result
+    (its `status`: complete, failed or interrupted)."""
     from labkit.env import provenance
 
-    cfg = dict(PROFILES[args.profile])
-    cfg["seq_lens"] = args.seq_lens or cfg["seq_lens"]
-    cfg["head_dims"] = args.head_dims or cfg["head_dims"]
-    name = f"triton_fa2_{device_slug()}.json"
-    out = Path(args.out) if args.out else Path("data/reference" if args.reference else "build") / name
-    result = {"provenance": {**provenance(command.strip()), "triton": triton.__version__},
+    if not hasattr(args, "cfg"):
+        check(args)
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    cfg = args.cfg
+    command = getattr(args, "command", None) or command_line(getattr(args, "argv", None))
+    result = {"experiment": EXPERIMENT, "provenance": {**provenance(command, args.profile_name),
+                                                       "triton": triton_version},
               "config": {**cfg, "backends": args.backends, "dtype": "bfloat16", "batch": 1, "causal": True,
                          "flops": "forward 4*B*H*N^2*d (halved when causal); backward 2.5x the forward",
                          "timing": "triton.testing.do_bench median (L2 flushed between calls), warmup 50 ms, "
                                    "rep 200 ms"},
-              "checks": [], "rows": [], "prefill": [], "status": "running"}
-    failed = False
+              "checks": [], "rows": [], "backward_breakdown": [], "prefill": []}
+    run_ = Run(result, *args.paths, resume=args.resume)
+    print(f"triton-fa2: profile {args.profile_name}; writing {run_.json_path}", flush=True)
+    with run_:
+        _measure(args, cfg, run_)
+        if not any(r.get("ok") for r in result["rows"] + result["checks"] + result["prefill"]):
+            run_.fail("nothing was measured: every check and timing failed (see the rows' error)")
+    print("\n".join(summary(result["rows"])))
+    publish(run_, args, EXPERIMENT, args.slug)
+    return result
+
+
+def _measure(args: argparse.Namespace, cfg: dict, run_: Run) -> None:
+    """Each measurement the JSONL lacks, recorded as it finishes (the ones an earlier attempt recorded are reused)."""
+    result = run_.result
+
+    def step(kind: str, section: str, key: tuple, fields: tuple, measure) -> dict:
+        done = {tuple(r.get(f) for f in fields): r for r in run_.recorded(kind)}
+        row = done.get(key)
+        if row is None:
+            row = measure()
+            result[section].append(row)
+            run_.record(kind, row)
+        else:
+            result[section].append(row)
+        return row
+
     if not args.no_check:
         seed = int.from_bytes(os.urandom(4), "little")  # fresh inputs each run; the seed is recorded
+        bad = []
         for i, case in enumerate(cfg["checks"]):
-            row = check_case(*case, seed=seed + i)
-            result["checks"].append(row)
-            write(out, result)
-            failed |= not row["ok"]
+            row = step("check", "checks", (i,), ("case",), lambda: {"case": i, **check_case(*case, seed=seed + i)})
             print("check", json.dumps(row), flush=True)
+            bad += [] if row["ok"] else [f"correctness check {i} {case}"]
+        if bad:
+            run_.fail("; ".join(bad) + ": triton-fa2 failed or went beyond the tolerance (see `checks`)")
     for d in cfg["head_dims"]:
         for n in cfg["seq_lens"]:
             for backward in (False,) if args.no_backward else (False, True):
                 for backend in args.backends:
-                    row = time_case(backend, n, d, cfg["heads"], True, backward)
-                    result["rows"].append(row)
-                    write(out, result)
+                    key = (backend, "backward" if backward else "forward", n, d)
+                    row = step("timing", "rows", key, ("backend", "direction", "seq_len", "head_dim"),
+                               lambda: time_case(backend, n, d, cfg["heads"], True, backward))
                     print(f"{row['direction']:<9} d={d:<4} N={n:<6} {backend:<11} "
                           f"{row['ms'] or 0:9.3f} ms {row['tflops'] or 0:7.1f} TFLOP/s {row['error'] or ''}",
                           flush=True)
     if not args.no_backward:  # short sequences: is the backward bound by the host or by the GPU?
         for backend in args.backends:
-            try:
-                row = kernel_breakdown(backend, min(cfg["seq_lens"]), max(cfg["head_dims"]), cfg["heads"])
-            except Exception as err:  # noqa: BLE001 - a row
-                row = dict(backend=backend, error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
-            result.setdefault("backward_breakdown", []).append(row)
-            write(out, result)
-            print("breakdown", json.dumps(row), flush=True)
-    if args.prefill:
-        from labkit.models import build_from_shape
+            def breakdown(backend=backend) -> dict:
+                try:
+                    return kernel_breakdown(backend, min(cfg["seq_lens"]), max(cfg["head_dims"]), cfg["heads"])
+                except Exception as err:  # noqa: BLE001 - a row
+                    return dict(backend=backend, error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
+            print("breakdown", json.dumps(step("breakdown", "backward_breakdown", (backend,), ("backend",),
+                                               breakdown)), flush=True)
+    model = None
+    for n in args.prefill:
+        for backend in args.backends:
+            def prefill(backend=backend, n=n) -> dict:
+                nonlocal model
+                if model is None:
+                    from labkit.models import build_from_shape
 
-        model = build_from_shape("llama-2-7b", dtype=torch.bfloat16, device="cuda", num_layers=args.prefill_layers)
-        for n in args.prefill:
-            for backend in args.backends:
-                row = prefill_case(model, backend, n)
-                result["prefill"].append(row)
-                write(out, result)
-                print("prefill", json.dumps(row), flush=True)
-    result["status"] = "failed" if failed else "done"
-    write(out, result)
-    print("\n".join(summary(result["rows"])))
-    print(f"wrote {out}")
-    measured = any(r["ok"] for r in result["rows"]) or any(c["ok"] for c in result["checks"])
-    return 1 if failed or not measured else 0
+                    model = build_from_shape("llama-2-7b", dtype=torch.bfloat16, device="cuda",
+                                             num_layers=args.prefill_layers)
+                return prefill_case(model, backend, n)
+            print("prefill", json.dumps(step("prefill", "prefill", (backend, n), ("backend", "seq_len"), prefill)),
+                  flush=True)
+
+
+def main(argv=None) -> int:
+    """`python -m labkit.attention.triton_fa2_bench [options]`: 0 complete, 1 failed, 2 bad arguments, 130 Ctrl-C."""
+    from labkit.results.run import EXIT_CODES
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(prog="python -m labkit.attention.triton_fa2_bench",
+                                     description=__doc__.split("\n")[0])
+    add_options(parser)
+    args = parser.parse_args(argv)
+    args.command = "python -m labkit.attention.triton_fa2_bench " + " ".join(argv)
+    try:
+        check(args)
+    except ValueError as err:
+        parser.error(str(err))
+    return EXIT_CODES.get(run(args)["status"], 1)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,12 @@ def run_paths(experiment: str, device_slug: str, out: str | Path | None = None, 
         if resume:
             raise RunSetupError("--resume needs --out: give the result file of the run to continue "
                                 f"(e.g. --out runs/{experiment}_{device_slug}_<time>/result.json)")
-        json_path = RUNS_DIR / f"{experiment}_{device_slug}_{_utc_stamp()}" / "result.json"
+        folder = RUNS_DIR / f"{experiment}_{device_slug}_{_utc_stamp()}"
+        for i in range(2, 100):  # two runs started within the same second get folders of their own
+            if not folder.exists():
+                break
+            folder = folder.with_name(f"{folder.name.split('-')[0]}-{i}")
+        json_path = folder / "result.json"
     else:
         json_path = Path(out)
         if json_path.is_dir() or str(out).endswith(("/", "\\")):
