@@ -165,3 +165,154 @@ def test_done_is_read_as_complete_only_by_the_loader(tmp_path):
     write_json(tmp_path / "triton_fa2_h100.json", {"provenance": {"profile": "quick"}, "status": "done"})
     assert load_reference("triton_fa2", "h100", directory=tmp_path)[0] is None  # still only full-profile runs
     assert not is_reference({"provenance": {"profile": "full"}, "status": "done"})[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fast8bit
+
+
+@pytest.fixture
+def fake_fast8bit(monkeypatch):
+    """The four parts faked (each makes two measurements, skipping what `record.done` finds), no GPU needed."""
+    import labkit.experiments.fast8bit.driver as driver
+    import labkit.experiments.fast8bit.options as options
+
+    made: list[tuple] = []
+    state = {"interrupt_at": None, "broken": None}
+
+    def fake(part):
+        def run_part(record, *args, **kwargs):
+            if part == state["broken"]:
+                raise RuntimeError(f"{part} cannot run")
+            for i in range(2):
+                if record.done(part=part, variant=f"v{i}", compiled=True) is not None:
+                    continue
+                if state["interrupt_at"] is not None and len(made) == state["interrupt_at"]:
+                    raise KeyboardInterrupt
+                made.append((part, i))
+                record({"part": part, "variant": f"v{i}", "compiled": True, "ok": True, "compile_s": 2.0,
+                        "p50_ms": 1.0})
+                # appended as soon as it is made, not at the end
+                assert len(read_jsonl(record.run.jsonl_path)) == len(record.run.result["rows"])
+        return run_part
+
+    monkeypatch.setattr(options, "gpu_unavailable_reason", lambda: None)
+    for part in ("kernel", "block", "decode", "prefill"):
+        monkeypatch.setattr(driver, f"{part}_part", fake(part))
+    return made, state
+
+
+F8 = ["fast8bit", "--profile", "quick"]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--parts", "kernel,nope"], "--parts 'kernel,nope': unknown part(s) ['nope']"),
+    (["--ms", "1,0"], "--ms '1,0'"),
+    (["--new-tokens", "1"], "--new-tokens 1"),
+    (["--reference"], "--update-reference"),
+    (["--update-reference"], "--update-reference with --profile quick"),
+    (["--profile", "full", "--update-reference", "--parts", "kernel"], "holds every part"),
+    (["--resume"], "--resume needs --out"),
+])
+def test_fast8bit_bad_arguments_exit_2_before_work(argv, expected, in_tmp, capsys, fake_fast8bit):
+    before = _snapshot()
+    assert expected in _usage_error(capsys, [*F8, *argv])
+    assert fake_fast8bit[0] == [] and not (in_tmp / "runs").exists() and not (in_tmp / "build").exists()
+    assert _snapshot() == before
+
+
+def test_fast8bit_without_a_gpu_is_a_usage_error(in_tmp, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    assert "needs an NVIDIA GPU" in _usage_error(capsys, F8)
+    assert not (in_tmp / "runs").exists() and not (in_tmp / "build").exists()
+
+
+def test_fast8bit_cut_short_then_resumed_skips_finished_measurements(in_tmp, fake_fast8bit):
+    made, state = fake_fast8bit
+    before = _snapshot()
+    state["interrupt_at"] = 3  # a time limit ends the first call inside the block part
+    assert main(F8) == 130
+    out = _only_run(in_tmp, "fast8bit")
+    data = json.loads(out.read_text())
+    assert data["status"] == "interrupted" and f"--resume --out {out.relative_to(in_tmp)}" in data["reason"]
+    assert [r["part"] for r in read_jsonl(out.with_suffix(".jsonl"))] == ["kernel", "kernel", "block"]
+    state["interrupt_at"] = None
+    made.clear()
+    assert main([*F8, "--out", str(out.parent), "--resume"]) == 0
+    assert made == [("block", 1), ("decode", 0), ("decode", 1), ("prefill", 0), ("prefill", 1)]
+    data = json.loads(out.read_text())
+    assert data["status"] == "complete" and len(data["rows"]) == 8
+    assert [r["attempt"] for r in data["rows"]] == [1, 1, 1, 2, 2, 2, 2, 2]
+    assert all("compile_s" in r and "p50_ms" in r for r in data["rows"])  # compile time kept apart from run time
+    assert _snapshot() == before and not (in_tmp / "build").exists()
+
+
+def test_fast8bit_part_that_cannot_run_fails_the_run(in_tmp, fake_fast8bit):
+    made, state = fake_fast8bit
+    state["broken"] = "decode"
+    assert main([*F8]) == 1
+    data = json.loads(_only_run(in_tmp, "fast8bit").read_text())
+    assert data["status"] == "failed" and "part decode: RuntimeError: decode cannot run" in data["reason"]
+    assert {p for p, _ in made} == {"kernel", "block", "prefill"}
+
+
+def test_fast8bit_update_reference_copies_a_complete_full_run(in_tmp, fake_fast8bit):
+    assert main(["fast8bit", "--profile", "full", "--update-reference"]) == 0
+    ref = json.loads((in_tmp / "data" / "reference" / "fast8bit_cpu.json").read_text())
+    assert ref["status"] == "complete" and ref["provenance"]["profile"] == "full" and len(ref["rows"]) == 8
+
+
+def test_fast8bit_end_to_end_parts_skip_what_an_earlier_attempt_measured(monkeypatch):
+    """The real decode and prefill parts: nothing recorded is measured again (no model is even built)."""
+    from argparse import Namespace
+
+    import labkit.experiments.fast8bit.end_to_end as e2e
+    import labkit.measure.generation as generation
+
+    class Record:
+        def __init__(self, previous):
+            self.previous, self.rows = previous, []
+
+        def done(self, **match):
+            return next((r for r in self.previous if all(r.get(k) == v for k, v in match.items())), None)
+
+        def __call__(self, row, quiet=False):
+            self.rows.append(row)
+
+    built = []
+    monkeypatch.setattr(e2e, "_build", lambda shape, variant, attn: built.append(variant) or object())
+    monkeypatch.setattr(e2e, "_weight_gib", lambda model: 1.0)
+    monkeypatch.setattr(generation, "compiled_prefill",
+                        lambda model, n, compiled, budget_s: {"seq_len": n, "compiled": compiled, "p50_ms": 1.0})
+    monkeypatch.setattr(generation, "random_ids", lambda model, n: None)
+    monkeypatch.setattr(generation, "cuda_kernels", lambda fn, warmup=0: [])
+    monkeypatch.setattr(e2e, "kernel_check", lambda variant, m, kernels: {"kernel_ok": True})
+    args = Namespace(shape="llama-2-7b", no_eager=False, prefill_len=64, prompt=4, new_tokens=4, decode_repeat=1)
+    previous = [{"part": "decode", "variant": v, "compiled": c} for v in ("bf16", "labkit-int8-ff") for c in (0, 1)]
+    previous = [{**r, "compiled": bool(r["compiled"])} for r in previous]
+    previous += [{"part": "prefill", "variant": "bf16", "compiled": c} for c in (False, True)]
+    previous += [{"part": "prefill", "variant": "w8a8-ff", "compiled": False}]
+    record = Record(previous)
+    e2e.decode_part(record, args, ["bf16", "labkit-int8-ff"])
+    e2e.prefill_part(record, args, ["bf16", "w8a8-ff"])
+    assert built == ["w8a8-ff"]
+    assert [(r["part"], r["variant"], r["compiled"]) for r in record.rows] == [("prefill", "w8a8-ff", True)]
+
+
+def test_a_time_limit_sigterm_ends_a_run_as_interrupted(tmp_path):
+    """A device call's time limit sends SIGTERM: the run says `interrupted` (with the --resume hint), not `running`."""
+    import os
+    import signal
+
+    from labkit.results.run import Run
+
+    run = Run({"rows": []}, tmp_path / "result.json", tmp_path / "result.jsonl")
+    with run:
+        run.record("row", {"x": 1})
+        os.kill(os.getpid(), signal.SIGTERM)
+    data = json.loads((tmp_path / "result.json").read_text())
+    assert data["status"] == "interrupted" and "--resume" in data["reason"] and run.exit_code == 130
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))

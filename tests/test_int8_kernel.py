@@ -252,7 +252,7 @@ def test_bad_arguments_are_refused_before_work():
     fast8bit.add_arguments(parser)
     for argv, word in ((["--parts", "kernel,nope"], "nope"), (["--ms", "1,x"], "--ms"),
                        (["--block-variants", "int4"], "int4"), (["--new-tokens", "1"], "--new-tokens")):
-        with pytest.raises(SystemExit, match=word):
+        with pytest.raises(ValueError, match=word):
             fast8bit._check_args(parser.parse_args(argv))
 
 

@@ -12,7 +12,9 @@ interrupted or failed run from its JSONL, skipping what it already measured.
 from __future__ import annotations
 
 import datetime
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -73,6 +75,10 @@ def run_paths(experiment: str, device_slug: str, out: str | Path | None = None, 
     return json_path, jsonl_path
 
 
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 class Run:
     """One benchmark run: `record` appends a finished measurement to the JSONL and rewrites the summary;
     `fail` notes a reason the run did not do what was asked; leaving the `with` block writes the final status.
@@ -126,13 +132,20 @@ class Run:
 
     def __enter__(self) -> Run:
         self.save()
+        # a time limit ends a job with SIGTERM: end the run as `interrupted` (the status and the --resume hint
+        # written), as Ctrl-C does, instead of leaving it `running`
+        self._sigterm = None
+        if threading.current_thread() is threading.main_thread():
+            self._sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._sigterm is not None:
+            signal.signal(signal.SIGTERM, self._sigterm)
         if exc_type is None:
             self.finish()
         elif issubclass(exc_type, KeyboardInterrupt):
-            self.finish("interrupted", "interrupted (Ctrl-C); continue it with the same command plus "
+            self.finish("interrupted", "interrupted (Ctrl-C, or SIGTERM from a time limit); continue it with the same command plus "
                                        f"--resume --out {self.json_path}")
         elif issubclass(exc_type, Exception):
             traceback.print_exception(exc_type, exc, tb, limit=6, file=sys.stderr)

@@ -73,7 +73,8 @@ def kernel_check(variant: str, m: int, kernels: list[dict]) -> dict:
 
 
 def block_part(record, ms, variants) -> None:
-    """Every variant x eager/compiled x M: latency quantiles, compile time, correctness, kernels, kernel check."""
+    """Every variant x eager/compiled x M: latency quantiles, compile time (`compile_s`, apart from the run time),
+    correctness, kernels, kernel check. Measurements `record.done(...)` finds are not made again."""
     from labkit.measure.generation import cuda_kernels, first_call_s, time_cuda
     from labkit.quant.fp8 import fp8_unavailable_reason
 
@@ -88,6 +89,9 @@ def block_part(record, ms, variants) -> None:
         for compiled in (False, True):
             base = {"part": "block", "variant": variant, "compiled": compiled,
                     "compile_mode": "reduce-overhead" if compiled else None}
+            todo = [m for m in ms if record.done(part="block", variant=variant, compiled=compiled, m=m) is None]
+            if not todo or record.done(part="block", variant=variant, compiled=compiled, m=None) is not None:
+                continue  # measured (or skipped, or failed to quantize) by an earlier attempt of this run
             if variant.startswith("fp8") and (why := fp8_unavailable_reason(dev)):
                 record({**base, "ok": False, "skipped": why})
                 continue
@@ -100,7 +104,7 @@ def block_part(record, ms, variants) -> None:
                 record({**base, "ok": False, "error": "quantize: " + _error(err)})
                 continue
             fn_model = torch.compile(block, mode="reduce-overhead") if compiled else block
-            for m in ms:
+            for m in todo:
                 x = xs[m]
                 row = {**base, "m": m}
                 try:

@@ -34,6 +34,8 @@ def decode_part(record, args, variants) -> None:
 
     for variant in variants:
         for compiled in ((True,) if args.no_eager else (False, True)):
+            if record.done(part="decode", variant=variant, compiled=compiled) is not None:
+                continue  # measured by an earlier attempt of this run
             base = {"part": "decode", "model": args.shape, "weights": "random (speed only)", "variant": variant,
                     "compiled": compiled, "attention": "sdpa (static cache passes a mask; the flash kernel takes none)"}
             model = None
@@ -72,6 +74,10 @@ def prefill_part(record, args, variants) -> None:
                 "seq_len": n, "attention": "fa2",
                 "layers": "all linear in the blocks" if variant.endswith("-all") else
                 ("feed-forward" if variant != "bf16" else None)}
+        eager = not args.no_eager and record.done(part="prefill", variant=variant, compiled=False) is None
+        compiled = record.done(part="prefill", variant=variant, compiled=True) is None
+        if record.done(part="prefill", variant=variant, compiled=None) is not None or not (eager or compiled):
+            continue  # measured (or skipped) by an earlier attempt of this run
         if variant.startswith("fp8") and (why := fp8_unavailable_reason("cuda")):
             record({**base, "ok": False, "skipped": why})
             continue
@@ -80,18 +86,19 @@ def prefill_part(record, args, variants) -> None:
             torch._dynamo.reset()
             model = _build(args.shape, variant, "fa2")
             base["weight_gib"] = _weight_gib(model)
-            if not args.no_eager:
+            if eager:
                 try:
                     r = compiled_prefill(model, n, compiled=False, budget_s=3.0)
                     record({**base, "ok": True, **r})
                 except Exception as err:  # noqa: BLE001
                     record({**base, "compiled": False, "ok": False, "oom": _is_oom(err), "error": _error(err)})
                 _free()
-            r = compiled_prefill(model, n, compiled=True, budget_s=4.0)
-            ids = random_ids(model, n)
-            kernels = cuda_kernels(lambda: model(input_ids=ids, use_cache=False, logits_to_keep=1), warmup=0)
-            record({**base, "ok": True, **r, "compile_mode": "default, per decoder layer", "kernels": kernels[:10],
-                    **kernel_check(variant, n, kernels)})
+            if compiled:
+                r = compiled_prefill(model, n, compiled=True, budget_s=4.0)
+                ids = random_ids(model, n)
+                kernels = cuda_kernels(lambda: model(input_ids=ids, use_cache=False, logits_to_keep=1), warmup=0)
+                record({**base, "ok": True, **r, "compile_mode": "default, per decoder layer",
+                        "kernels": kernels[:10], **kernel_check(variant, n, kernels)})
         except Exception as err:  # noqa: BLE001
             record({**base, "compiled": True, "ok": False, "oom": _is_oom(err), "error": _error(err),
                     "traceback": traceback.format_exc(limit=6)})

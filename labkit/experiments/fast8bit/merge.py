@@ -49,7 +49,8 @@ def merge_sessions(paths: list[str | Path], command: str | None = None) -> dict:
     merged["notes"] = results[-1]["notes"] + [
         "merged from several sessions (provenance.sessions): each row carries its session; kernel families were "
         "re-derived from the recorded kernel names (top 8 by time per measurement) with the final classifier",
-        "all parts in one run on a GPU: python -m labkit.experiments.fast8bit (about 10 minutes on an H100)",
+        "all parts in one run on a GPU: python -m labkit.bench fast8bit --profile full (about 8 minutes on an H100; "
+        "a run cut short continues with the same command plus --resume --out <its run folder>)",
     ]
     merged["targets"] = evaluate_targets(rows)
     return merged
