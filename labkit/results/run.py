@@ -145,8 +145,8 @@ class Run:
         if exc_type is None:
             self.finish()
         elif issubclass(exc_type, KeyboardInterrupt):
-            self.finish("interrupted", "interrupted (Ctrl-C, or SIGTERM from a time limit); continue it with the same command plus "
-                                       f"--resume --out {self.json_path}")
+            self.finish("interrupted", "interrupted (Ctrl-C, or SIGTERM from a time limit); continue it with the "
+                                       f"same command plus --resume --out {self.json_path}")
         elif issubclass(exc_type, Exception):
             traceback.print_exception(exc_type, exc, tb, limit=6, file=sys.stderr)
             self.finish("failed", error_text(exc))
