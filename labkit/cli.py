@@ -162,7 +162,7 @@ def _hybrid_options(p: argparse.ArgumentParser) -> None:
 
 OPTIONS = {"qat": _qat_options, "attention": _attention_options, "kernels": _kernels_options,
            "hybrid": _hybrid_options}  # the others declare theirs in their module (`add_arguments(parser)`)
-OWN_FILES = {"hybrid-qat", "deploy"}  # experiments that still write their own files (own --out)
+OWN_FILES = {"deploy"}  # experiments that still write their own files (own --out)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:

@@ -49,7 +49,7 @@ def runs(tmp_path_factory) -> dict:
     data = ["--data", str(counting_blocks(tmp / "counting.safetensors"))]
     one = _in_process(tmp / "one.json", *data)
     first = _torchrun(2, tmp / "first.json", *data, "--stop-after", "3", "--checkpoint-dir", str(tmp / "ck"))
-    resumed = _torchrun(2, tmp / "resumed.json", *data, "--resume", "--checkpoint-dir", str(tmp / "ck"),
+    resumed = _torchrun(2, tmp / "resumed.json", *data, "--from-checkpoint", "--checkpoint-dir", str(tmp / "ck"),
                         "--export-int8", str(tmp / "int8"))
     return {"one": one, "first": first, "resumed": resumed, "tmp": tmp}
 
@@ -71,8 +71,9 @@ def test_result_file_has_provenance_and_jsonl(runs):
     assert "hybrid_qat_fsdp" in res["provenance"]["command"] and res["provenance"]["date"]
     assert "random weights, for speed and memory only" in " ".join(res["notes"])
     assert res["runs"][0]["data"].endswith("counting.safetensors")
-    lines = (runs["tmp"] / "one.jsonl").read_text().splitlines()
-    assert [json.loads(x)["step"] for x in lines] == list(range(6))
+    lines = [json.loads(x) for x in (runs["tmp"] / "one.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if x["kind"] == "step"] == list(range(6))
+    assert [x["kind"] for x in lines][-1] == "run"
 
 
 def test_int8_export_reloads_on_one_process(runs):
@@ -93,7 +94,7 @@ def test_int8_export_reloads_on_one_process(runs):
 def _args(**kw) -> Namespace:
     base = dict(model="tiny-llama", random_weights=False, num_layers=None, modes="qat-w8a8", layers="feed-forward",
                 seq_lens="32", steps=2, global_batch=2, lr=None, seed=0, data="auto", attention=None,
-                no_checkpointing=False, checkpoint_dir=None, checkpoint_every=0, resume=False, stop_after=None,
+                no_checkpointing=False, checkpoint_dir=None, checkpoint_every=0, from_checkpoint=False, stop_after=None,
                 export_int8=None, write_reference=False, profile="quick", out=None, compile_fake_quant=False,
                 compile_layers=False)
     return Namespace(**{**base, **kw})
@@ -104,9 +105,11 @@ def _args(**kw) -> Namespace:
     ({"global_batch": 3}, "multiple"),
     ({"model": "not-a-model"}, "--model"),
     ({"random_weights": True, "model": "org/x"}, "--random-weights"),
-    ({"resume": True}, "--checkpoint-dir"),
+    ({"from_checkpoint": True}, "--checkpoint-dir"),
     ({"export_int8": "x", "modes": "plain"}, "QAT mode"),
-    ({"out": "data/reference/x.json"}, "--write-reference"),
+    ({"out": "data/reference/x.json"}, "committed reference folder"),
+    ({"write_reference": True}, "combines several runs"),
+    ({"update_reference": True}, "combines several runs"),
     ({"data": "wikitext2"}, "tokenizer"),
     ({"compile_layers": True, "compile_fake_quant": True}, "--compile-fake-quant"),
     ({"compile_layers": True, "export_int8": "x"}, "--export-int8"),
@@ -122,8 +125,7 @@ def test_default_output_is_outside_the_references():
     from labkit.experiments.hybrid_qat_fsdp import validate
 
     s = validate(_args(), world_size=2)
-    assert "data/reference" not in str(s["out"]) and str(s["out"]).endswith("x2.json")
-    assert "data/reference" in str(validate(_args(write_reference=True), world_size=1)["out"])
+    assert str(s["out"]).startswith("runs/hybrid_qat_fsdp_") and "x2_" in str(s["out"])
 
 
 def test_training_memory_model_at_7b():

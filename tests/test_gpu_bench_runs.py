@@ -316,3 +316,91 @@ def test_a_time_limit_sigterm_ends_a_run_as_interrupted(tmp_path):
     data = json.loads((tmp_path / "result.json").read_text())
     assert data["status"] == "interrupted" and "--resume" in data["reason"] and run.exit_code == 130
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# hybrid-qat (FSDP2): one gloo process on the CPU, a 2-layer random Llama
+
+
+HQ = ["hybrid-qat", "--profile", "quick", "--model", "tiny-llama", "--seq-lens", "16", "--global-batch", "2",
+      "--steps", "2", "--modes", "qat-w8a8,plain"]
+
+
+@pytest.fixture
+def one_process(monkeypatch):
+    """The job's environment as a plain `python` process on the CPU (init_distributed fills it in; restored after)."""
+    import os
+
+    saved = dict(os.environ)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        os.environ.pop(key, None)
+    os.environ["LABKIT_FSDP_DEVICE"] = "cpu"
+
+    def fresh():
+        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            os.environ.pop(key, None)
+
+    yield fresh
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--update-reference"], "combines several runs"),
+    (["--write-reference"], "combines several runs"),
+    (["--resume"], "--resume needs --out"),
+    (["--modes", "qat-w4"], "--modes"),
+    (["--from-checkpoint"], "--checkpoint-dir"),
+])
+def test_hybrid_qat_bad_arguments_exit_2_before_work(argv, expected, in_tmp, capsys, one_process, monkeypatch):
+    import labkit.train.fsdp_qat as fq
+
+    monkeypatch.setattr(fq, "init_distributed", lambda *a, **k: pytest.fail("the job started"))
+    before = _snapshot()
+    assert expected in _usage_error(capsys, [*HQ, *argv])
+    assert not (in_tmp / "runs").exists() and not (in_tmp / "build").exists() and _snapshot() == before
+
+
+def test_hybrid_qat_interrupted_then_resumed_skips_finished_runs(in_tmp, one_process, monkeypatch):
+    import labkit.train.fsdp_qat as fq
+
+    real_train, trained = fq.train, []
+
+    def train(model, blocks, cfg, env, **kw):
+        if stop and cfg.qat is False:
+            raise KeyboardInterrupt
+        trained.append("qat" if cfg.qat else "plain")
+        return real_train(model, blocks, cfg, env, **kw)
+
+    monkeypatch.setattr(fq, "train", train)
+    stop = True
+    before = _snapshot()
+    assert main(HQ) == 130
+    out = _only_run(in_tmp, "hybrid_qat_fsdp")
+    data = json.loads(out.read_text())
+    assert data["status"] == "interrupted" and trained == ["qat"]
+    kinds = [r["kind"] for r in read_jsonl(out.with_suffix(".jsonl"))]
+    assert kinds == ["step", "step", "run"]  # each step appended as it finished, then the finished run
+    stop = False
+    trained.clear()
+    one_process()
+    assert main([*HQ, "--out", str(out.relative_to(in_tmp)), "--resume"]) == 0
+    assert trained == ["plain"], "the finished qat-w8a8 run must not train again"
+    data = json.loads(out.read_text())
+    assert data["status"] == "complete" and [r["mode"] for r in data["runs"]] == ["qat-w8a8", "plain"]
+    assert all(r["status"] == "ok" and len(r["losses"]) == 2 for r in data["runs"])
+    assert _snapshot() == before and not (in_tmp / "build").exists()
+
+
+def test_hybrid_qat_reference_is_combined_only_from_complete_full_runs(tmp_path, monkeypatch):
+    from labkit.experiments.hybrid_qat_fsdp_results import combine
+    from labkit.results import write_json
+
+    monkeypatch.setenv("LABKIT_REFERENCE_DIR", str(tmp_path / "ref"))
+    (tmp_path / "ref").mkdir()
+    part = {"experiment": "hybrid_qat_fsdp", "provenance": {"profile": "quick", "date": "d", "command": "c"},
+            "status": "complete", "world_size": 2, "runs": []}
+    write_json(tmp_path / "quick.json", part)
+    with pytest.raises(ValueError, match=r"shape_a \(profile is 'quick'"):
+        combine({"shape_a": tmp_path / "quick.json"}, tmp_path / "ref" / "hybrid_qat_fsdp_h200x2.json")
+    assert not (tmp_path / "ref" / "hybrid_qat_fsdp_h200x2.json").exists()

@@ -8,14 +8,18 @@ shortest first; out-of-memory is a data point and ends that mode's longer length
 
 Models: a hub id or local folder, the embedded smollm2-135m, or a labkit shape (llama-2-7b ...) with random
 weights, for speed and memory only (`--random-weights` builds any known shape that way, smollm2-135m included).
-Rank 0 appends each step to <out>.jsonl and writes <out> (JSON, with provenance) after every run. The default
-<out> is under build/, never data/reference/ (that needs --write-reference).
+Only rank 0 writes: a run folder runs/hybrid_qat_fsdp_<gpu>x<N>_<time>/ (labkit.results.run; `--out` names another)
+with result.json and result.jsonl, every step appended as it finishes and each finished (mode, length) run as a
+`run` row. `--resume --out <run>` skips the runs its JSONL holds (`--from-checkpoint` restarts an unfinished one
+from its sharded checkpoint). The committed data/reference/hybrid_qat_fsdp_<gpu>x<N>.json combines several runs
+(labkit.experiments.hybrid_qat_fsdp_results.combine), so a single run never writes it.
 Standalone: `torchrun --nproc-per-node N -m labkit.experiments.hybrid_qat_fsdp ...` takes the same arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import sys
@@ -57,12 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-checkpointing", action="store_true", help="turn activation checkpointing off")
     parser.add_argument("--checkpoint-dir", default=None, help="folder for sharded checkpoints (DCP)")
     parser.add_argument("--checkpoint-every", type=int, default=0, help="save every k steps (0: at the end only)")
-    parser.add_argument("--resume", action="store_true", help="resume from --checkpoint-dir")
+    parser.add_argument("--from-checkpoint", action="store_true",
+                        help="start from the sharded checkpoint in --checkpoint-dir (a run stopped by --stop-after)")
     parser.add_argument("--stop-after", type=int, default=None, help="stop after this many steps (then resume)")
     parser.add_argument("--export-int8", default=None, help="folder: save the converted INT8 + FA2 model there")
     parser.add_argument("--write-reference", "--reference", dest="write_reference", action="store_true",
-                        help="allow writing under data/reference/ (default out: data/reference/"
-                             f"{EXPERIMENT}_<device>.json)")
+                        help=argparse.SUPPRESS)  # the old flag: refused, with the way the reference is made
 
 
 def _split(text: str | None, cast=str) -> list:
@@ -106,10 +110,15 @@ def validate(args, world_size: int) -> dict:
         raise ValueError(f"--data {data!r}: use auto, wikitext2, random or an existing .safetensors file")
     if data == "wikitext2" and random:
         raise ValueError("--data wikitext2 needs a tokenizer: random-weight shapes train on --data random or a file")
-    if (args.resume or args.checkpoint_every) and not args.checkpoint_dir:
-        raise ValueError("--resume / --checkpoint-every need --checkpoint-dir FOLDER")
-    if args.resume and not (Path(args.checkpoint_dir) / "trainer.json").is_file():
-        raise ValueError(f"--resume: {args.checkpoint_dir} holds no checkpoint (no trainer.json)")
+    if args.write_reference or getattr(args, "update_reference", False):
+        raise ValueError(f"--{'write' if args.write_reference else 'update'}-reference: data/reference/"
+                         f"{EXPERIMENT}_<gpu>x<N>.json combines several runs (the shape sweep, the 1- vs N-process "
+                         "loss match and its re-run); run each into its own --out, then join the complete "
+                         "full-profile ones with labkit.experiments.hybrid_qat_fsdp_results.combine")
+    if (args.from_checkpoint or args.checkpoint_every) and not args.checkpoint_dir:
+        raise ValueError("--from-checkpoint / --checkpoint-every need --checkpoint-dir FOLDER")
+    if args.from_checkpoint and not (Path(args.checkpoint_dir) / "trainer.json").is_file():
+        raise ValueError(f"--from-checkpoint: {args.checkpoint_dir} holds no checkpoint (no trainer.json)")
     if (args.checkpoint_dir or args.export_int8) and (len(modes) > 1 or len(seq_lens) > 1):
         raise ValueError("--checkpoint-dir / --export-int8 take one mode and one sequence length")
     if args.export_int8 and modes[0] == "plain":
@@ -127,24 +136,24 @@ def validate(args, world_size: int) -> dict:
     why = unavailable_reason(attention, "cuda" if cuda else "cpu", torch.bfloat16 if cuda else torch.float32)
     if why:
         raise ValueError(f"--attention {attention}: {why}")
-    out = _out_path(args, cuda, world_size)
+    paths = _run_paths(args, cuda, world_size)
     return dict(profile=profile, modes=modes, seq_lens=sorted(seq_lens), steps=steps, global_batch=batch, lr=lr,
                 random=random, data=("random" if random else "wikitext2") if data == "auto" else data,
-                attention=attention, out=out, cuda=cuda)
+                attention=attention, out=paths[0] if paths else None, paths=paths, cuda=cuda)
 
 
-def _out_path(args, cuda: bool, world_size: int) -> Path:
-    from labkit.results.files import REFERENCE_DIR, device_slug
+def _run_paths(args, cuda: bool, world_size: int) -> tuple[Path, Path] | None:
+    """(result JSON, JSONL) of the run, checked on rank 0 only (the one that writes); None on the other ranks."""
+    from labkit.results.files import device_slug
+    from labkit.results.run import RunSetupError, run_paths
 
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
     slug = device_slug("cuda" if cuda else "cpu") + (f"x{world_size}" if world_size > 1 else "")
-    name = f"{EXPERIMENT}_{slug}.json"
-    out = Path(args.out) if getattr(args, "out", None) else (
-        REFERENCE_DIR / name if args.write_reference else Path("build") / EXPERIMENT / name)
-    inside = REFERENCE_DIR.resolve() in out.resolve().parents
-    if inside and not args.write_reference:
-        raise ValueError(f"--out {out} is under {REFERENCE_DIR}/: committed references are written only with "
-                         "--write-reference")
-    return out
+    try:
+        return run_paths(EXPERIMENT, slug, getattr(args, "out", None), resume=getattr(args, "resume", False))
+    except RunSetupError as err:
+        raise ValueError(str(err)) from None
 
 
 def _blocks(data: str, model: str, seq_len: int, vocab: int, cfg) -> torch.Tensor:
@@ -181,24 +190,35 @@ def _predicted(model, cfg, world_size: int, mode: str) -> dict:
             "predicted_parts_gib": {k: round(v / GIB, 3) for k, v in parts.items()}}
 
 
+def check(args) -> None:
+    """Every argument before any model loads (ValueError: a usage error, exit 2); sets args.settings."""
+    args.settings = validate(args, int(os.environ.get("WORLD_SIZE", "1")))
+
+
 def run(args) -> dict:
-    """Run every (mode, sequence length); rank 0 writes the results. Exits non-zero if a run failed."""
-    from labkit.results.files import write_json
-    from labkit.measure.memory import is_memory_error
+    """Run every (mode, sequence length) the run's JSONL does not hold yet; rank 0 writes the results. Returns the
+    result; on rank 0 its `status` is complete, failed (a run that errored; OOM is a data point) or interrupted."""
+    import torch.distributed as dist
+
     from labkit.env import provenance
+    from labkit.measure.memory import is_memory_error
+    from labkit.results.run import Run
     from labkit.train import fsdp_qat as fq
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    s = validate(args, world)                         # before any model loads
+    s = getattr(args, "settings", None) or validate(args, int(os.environ.get("WORLD_SIZE", "1")))
     if not s["cuda"]:
         os.environ["LABKIT_FSDP_DEVICE"] = "cpu"
     env = fq.init_distributed()
-    command = _command(args)
-    out, log = s["out"], s["out"].with_suffix(".jsonl")
-    result = {"experiment": EXPERIMENT, "provenance": provenance(command), "status": "running",
-              "world_size": env.world_size, "seed": args.seed, "settings": {k: str(v) if isinstance(v, Path) else v
-                                                                           for k, v in s.items()},
+    result = {"experiment": EXPERIMENT, "provenance": provenance(_command(args), s["profile"]),
+              "world_size": env.world_size, "seed": args.seed,
+              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in s.items() if k != "paths"},
               "runs": [], "notes": []}
+    run_ = Run(result, *s["paths"], resume=args.resume) if env.is_main else None
+    # every rank skips the same finished runs: rank 0 reads them from the JSONL and tells the others
+    finished = [{(r["mode"], r["seq_len"]): r for r in run_.recorded("run")} if run_ else None]
+    if env.world_size > 1:
+        dist.broadcast_object_list(finished, src=0)
+    finished = finished[0]
     if s["random"]:
         result["notes"].append(f"{args.model}: random weights, for speed and memory only (losses mean nothing)")
     started = time.perf_counter()
@@ -207,50 +227,51 @@ def run(args) -> dict:
         if env.is_main:
             print(f"[{EXPERIMENT} {time.perf_counter() - started:6.1f} s] {msg}", flush=True)
 
-    def save(status: str = "running") -> None:
-        if env.is_main:
-            result["status"], result["elapsed_s"] = status, round(time.perf_counter() - started, 1)
-            write_json(out, result)
+    def record(kind: str, row: dict) -> None:
+        if run_ is not None:
+            result["elapsed_s"] = round(time.perf_counter() - started, 1)
+            run_.record(kind, row)
 
     if s["random"]:
         say(f"{args.model}: random weights, for speed and memory only")
-    say(f"{env.world_size} process(es) on {env.device.type}; writing {out}")
-    save()
-    failed = False
-    for mode in s["modes"]:
-        for seq in s["seq_lens"]:
-            cfg = fq.TrainConfig(model=args.model, random_weights=args.random_weights, num_layers=args.num_layers,
-                                 qat=mode != "plain", layers=LAYER_PRESETS.get(args.layers, args.layers),
-                                 activations=MODES[mode], seq_len=seq, global_batch=s["global_batch"],
-                                 steps=s["steps"], lr=s["lr"], seed=args.seed,
-                                 checkpointing=not args.no_checkpointing, attention=s["attention"],
-                                 compile_fake_quant=args.compile_fake_quant,
-                                 compile_layers=getattr(args, "compile_layers", False))
-            row = {"mode": mode, "seq_len": seq, "config": cfg.as_dict(), "status": "running", "steps": []}
-            result["runs"].append(row)
-            try:
-                _one_run(cfg, mode, args, s, env, row, log, say)
-            except Exception as err:  # noqa: BLE001 - a failed run is recorded; OOM is a data point
-                row["status"] = "oom" if is_memory_error(err) else "error"
-                row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
-                failed |= row["status"] == "error"
-                say(f"{mode} @ {seq}: {row['status'].upper()} {row['error']}")
-                _release(env)
-                save()
-                break
-            save()
-    _summarise(result)
-    save("failed" if failed else "complete")
-    import torch.distributed as dist
-
+    say(f"{env.world_size} process(es) on {env.device.type}; writing {s['out']}")
+    with run_ if run_ is not None else contextlib.nullcontext():
+        for mode in s["modes"]:
+            for seq in s["seq_lens"]:
+                if (mode, seq) in finished:
+                    row = finished[(mode, seq)]
+                    result["runs"].append(row)
+                    say(f"{mode} @ {seq}: {row['status']} in an earlier attempt, not run again")
+                    if row["status"] != "ok":
+                        break  # out of memory (or an error) there: the longer lengths of this mode are not tried
+                    continue
+                cfg = fq.TrainConfig(model=args.model, random_weights=args.random_weights,
+                                     num_layers=args.num_layers, qat=mode != "plain",
+                                     layers=LAYER_PRESETS.get(args.layers, args.layers), activations=MODES[mode],
+                                     seq_len=seq, global_batch=s["global_batch"], steps=s["steps"], lr=s["lr"],
+                                     seed=args.seed, checkpointing=not args.no_checkpointing,
+                                     attention=s["attention"], compile_fake_quant=args.compile_fake_quant,
+                                     compile_layers=getattr(args, "compile_layers", False))
+                row = {"mode": mode, "seq_len": seq, "config": cfg.as_dict(), "status": "running", "steps": []}
+                result["runs"].append(row)
+                try:
+                    _one_run(cfg, mode, args, s, env, row, record, say)
+                except Exception as err:  # noqa: BLE001 - a failed run is recorded; OOM is a data point
+                    row["status"] = "oom" if is_memory_error(err) else "error"
+                    row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+                    if row["status"] == "error" and run_ is not None:
+                        run_.fail(f"{mode} @ {seq}: {row['error']}")
+                    say(f"{mode} @ {seq}: {row['status'].upper()} {row['error']}")
+                    _release(env)
+                    record("run", row)
+                    break
+                record("run", row)
+        _summarise(result)
     dist.destroy_process_group()
-    if failed:
-        raise SystemExit(1)
     return result
 
 
-def _one_run(cfg, mode: str, args, s: dict, env, row: dict, log: Path, say) -> None:
-    from labkit.results.files import append_jsonl
+def _one_run(cfg, mode: str, args, s: dict, env, row: dict, record, say) -> None:
     from labkit.train import checkpoint as ck
     from labkit.train import fsdp_qat as fq
 
@@ -266,7 +287,7 @@ def _one_run(cfg, mode: str, args, s: dict, env, row: dict, log: Path, say) -> N
                parameters=_param_count(model))
     optimizer = fq.make_optimizer(model, cfg)
     start = 0
-    if args.resume:
+    if args.from_checkpoint:
         start = ck.load_checkpoint(args.checkpoint_dir, model, optimizer)["step"]
         row["resumed_from"] = start
         say(f"resumed from {args.checkpoint_dir} at step {start}")
@@ -278,7 +299,7 @@ def _one_run(cfg, mode: str, args, s: dict, env, row: dict, log: Path, say) -> N
         if env.is_main:
             d = {"mode": mode, "seq_len": cfg.seq_len, **rec.as_dict()}
             row["steps"].append(d)
-            append_jsonl(log, d)
+            record("step", d)
             print(f"  step {rec.step:4d} loss {rec.loss:.4f} {rec.tokens_per_s:10.0f} tok/s "
                   f"peak {rec.peak_gib if rec.peak_gib is not None else float('nan'):.2f} GiB", flush=True)
         if args.checkpoint_dir and args.checkpoint_every and (rec.step + 1) % args.checkpoint_every == 0:
@@ -358,16 +379,23 @@ def _command(args) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from labkit.results.run import EXIT_CODES
+
     parser = argparse.ArgumentParser(prog=f"torchrun -m labkit.experiments.{EXPERIMENT}",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=("quick", "full"), default=None)
-    parser.add_argument("--out", default=None, help=f"result file (default: build/{EXPERIMENT}/...)")
+    parser.add_argument("--out", default=None, help=f"result file or folder (default: runs/{EXPERIMENT}_...)")
+    parser.add_argument("--resume", action="store_true", help="continue the run of --out, skipping finished runs")
+    parser.add_argument("--update-reference", action="store_true", help=argparse.SUPPRESS)  # refused: see validate
     add_arguments(parser)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv
-    run(args)
-    return 0
+    try:
+        check(args)
+    except ValueError as err:
+        parser.error(str(err))
+    return EXIT_CODES.get(run(args).get("status"), 0)
 
 
 if __name__ == "__main__":

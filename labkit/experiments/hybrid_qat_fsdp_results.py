@@ -159,8 +159,14 @@ def combine(parts: dict[str, str | Path], out: str | Path, notes: list[str] | No
     (the loss-match pair), rematch_1 and rematch_n (the same pair run again: the run-to-run noise). The first part's
     provenance heads the file; every part keeps its own. Writes `out` and returns it."""
     from labkit.results.files import write_json
+    from labkit.results.reference import is_reference, reference_dir
 
     loaded = {k: json.loads(Path(v).read_text(encoding="utf-8")) for k, v in parts.items()}
+    if Path(out).resolve().parent == reference_dir().resolve():  # the committed reference: complete full runs only
+        bad = [f"{k} ({why})" for k, d in loaded.items() for ok, why in [is_reference(d)] if not ok]
+        if bad:
+            raise ValueError(f"{out} was not replaced: these parts are not complete full-profile runs: "
+                             f"{', '.join(bad)}")
     shape_runs = shape_table([dict(r, _part=k, _date=d["provenance"]["date"])
                               for k, d in loaded.items() if k.startswith("shape") for r in d["runs"]],
                              next(iter(loaded.values()))["world_size"])
