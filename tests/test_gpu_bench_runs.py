@@ -404,3 +404,32 @@ def test_hybrid_qat_reference_is_combined_only_from_complete_full_runs(tmp_path,
     with pytest.raises(ValueError, match=r"shape_a \(profile is 'quick'"):
         combine({"shape_a": tmp_path / "quick.json"}, tmp_path / "ref" / "hybrid_qat_fsdp_h200x2.json")
     assert not (tmp_path / "ref" / "hybrid_qat_fsdp_h200x2.json").exists()
+
+
+def test_fast8bit_kernel_and_block_parts_measured_before_are_not_measured_again(monkeypatch):
+    """All of the kernel part in the JSONL: nothing runs (no GPU touched) and the tuned launch configs it found are
+    put back for the later parts; likewise the block part."""
+    from labkit.experiments.fast8bit.block import block_part
+    from labkit.experiments.fast8bit.common import FF_SHAPES
+    from labkit.experiments.fast8bit.kernel import kernel_part
+    from labkit.quant import int8_kernel as ik
+
+    class Record:
+        def __init__(self, previous):
+            self.previous = previous
+
+        def done(self, **match):
+            return next((r for r in self.previous if all(r.get(k) == v for k, v in match.items())), None)
+
+        def __call__(self, row, quiet=False):
+            pytest.fail(f"measured again: {row}")
+
+    config = {"block_m": 1, "block_n": 8, "block_k": 512, "split_k": 1, "num_warps": 2, "num_stages": 4}
+    previous = [{"part": "kernel", "kind": "kernel", "n": n, "k": k, "m": m} for n, k in FF_SHAPES for m in (1, 16)]
+    previous += [{"part": "kernel", "kind": "tuned", "n": 11008, "k": 4096, "m": 1, "config": config}]
+    monkeypatch.setattr(ik, "TUNED", dict(ik.TUNED))
+    kernel_part(Record(previous), ms=(1, 16))
+    assert ik.TUNED[(1, 11008, 4096)] == ik.KernelConfig(**config)
+    block_rows = [{"part": "block", "variant": "bf16", "compiled": c, "m": m} for c in (False, True) for m in (1, 8)]
+    block_part(Record(block_rows + [{"part": "block", "variant": "fp8-rowwise", "compiled": c, "skipped": "no fp8"}
+                                    for c in (False, True)]), [1, 8], ["bf16", "fp8-rowwise"])

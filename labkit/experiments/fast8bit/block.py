@@ -78,6 +78,10 @@ def block_part(record, ms, variants) -> None:
     from labkit.measure.generation import cuda_kernels, first_call_s, time_cuda
     from labkit.quant.fp8 import fp8_unavailable_reason
 
+    if all(record.done(part="block", variant=v, compiled=c, m=m) or record.done(part="block", variant=v,
+                                                                               compiled=c, m=None)
+           for v in variants for c in (False, True) for m in ms):
+        return  # every block measurement is in the run's JSONL
     dev = torch.device("cuda")
     torch.manual_seed(0)
     master = FeedForward().to(dev, torch.bfloat16).eval()

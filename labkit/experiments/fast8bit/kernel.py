@@ -35,6 +35,14 @@ def kernel_part(record, sweep: bool = True, ms=(1, 4, 16)) -> None:
     from labkit.quant import int8_kernel as ik
 
     dev = torch.device("cuda")
+    left = [(n, k) for n, k in FF_SHAPES if not all(record.done(part="kernel", kind="kernel", n=n, k=k, m=m)
+                                                    for m in ms)]
+    for n, k in FF_SHAPES:  # the tuned configs an earlier attempt found apply to this run's later parts too
+        for m in ms:
+            if (tuned := record.done(part="kernel", kind="tuned", n=n, k=k, m=m)) is not None:
+                ik.TUNED[(m, n, k)] = ik.KernelConfig(**tuned["config"])
+    if not left:
+        return  # every kernel measurement is in the run's JSONL
     if (copied := record.done(part="kernel", kind="copy-bandwidth")) is not None:
         copy_tb_s = copied["tb_s"]
     else:
@@ -47,21 +55,14 @@ def kernel_part(record, sweep: bool = True, ms=(1, 4, 16)) -> None:
         del src, dst
         _free()
     gen = torch.Generator(device=dev).manual_seed(0)
-    for n, k in FF_SHAPES:
-        if all(record.done(part="kernel", kind="kernel", n=n, k=k, m=m) for m in ms):
-            for m in ms:  # the tuned configs an earlier attempt found still apply to later parts
-                if (tuned := record.done(part="kernel", kind="tuned", n=n, k=k, m=m)) is not None:
-                    ik.TUNED[(m, n, k)] = ik.KernelConfig(**tuned["config"])
-            continue
+    for n, k in left:
         copies = max(2, math.ceil(240e6 / (n * k)))   # rotate > L2 (50 MB) so every call reads from HBM
         codes = [torch.randint(-128, 128, (n, k), dtype=torch.int8, device=dev, generator=gen) for _ in range(copies)]
         scales = [torch.rand(n, device=dev, generator=gen) * 1e-2 + 1e-3 for _ in range(copies)]
         wbf = [(c.to(torch.bfloat16) * s.to(torch.bfloat16)[:, None]) for c, s in zip(codes, scales)]
         for m in ms:
             x = torch.randn(m, k, device=dev, dtype=torch.bfloat16, generator=gen)
-            if (tuned := record.done(part="kernel", kind="tuned", n=n, k=k, m=m)) is not None:
-                ik.TUNED[(m, n, k)] = ik.KernelConfig(**tuned["config"])
-            elif sweep and m in (1, 16):
+            if record.done(part="kernel", kind="tuned", n=n, k=k, m=m) is None and sweep and m in (1, 16):
                 best = None
                 for cfg in _sweep_candidates(m):
                     if (old := record.done(part="kernel", kind="sweep", n=n, k=k, m=m, config=cfg.__dict__)):
