@@ -433,3 +433,28 @@ def test_fast8bit_kernel_and_block_parts_measured_before_are_not_measured_again(
     block_rows = [{"part": "block", "variant": "bf16", "compiled": c, "m": m} for c in (False, True) for m in (1, 8)]
     block_part(Record(block_rows + [{"part": "block", "variant": "fp8-rowwise", "compiled": c, "skipped": "no fp8"}
                                     for c in (False, True)]), [1, 8], ["bf16", "fp8-rowwise"])
+
+
+def test_hybrid_qat_run_that_errored_fails_and_is_tried_again_on_resume(in_tmp, one_process, monkeypatch):
+    import labkit.train.fsdp_qat as fq
+
+    real_train, trained = fq.train, []
+
+    def train(model, blocks, cfg, env, **kw):
+        trained.append("qat" if cfg.qat else "plain")
+        if broken and not cfg.qat:
+            raise RuntimeError("boom")
+        return real_train(model, blocks, cfg, env, **kw)
+
+    monkeypatch.setattr(fq, "train", train)
+    broken = True
+    assert main(HQ) == 1
+    out = _only_run(in_tmp, "hybrid_qat_fsdp")
+    data = json.loads(out.read_text())
+    assert data["status"] == "failed" and "plain @ 16: RuntimeError: boom" in data["reason"]
+    broken = False
+    trained.clear()
+    one_process()
+    assert main([*HQ, "--out", str(out.relative_to(in_tmp)), "--resume"]) == 0
+    assert trained == ["plain"]
+    assert json.loads(out.read_text())["status"] == "complete"

@@ -213,9 +213,11 @@ def run(args) -> dict:
               "world_size": env.world_size, "seed": args.seed,
               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in s.items() if k != "paths"},
               "runs": [], "notes": []}
-    run_ = Run(result, *s["paths"], resume=args.resume) if env.is_main else None
-    # every rank skips the same finished runs: rank 0 reads them from the JSONL and tells the others
-    finished = [{(r["mode"], r["seq_len"]): r for r in run_.recorded("run")} if run_ else None]
+    run_ = Run(result, *s["paths"], resume=getattr(args, "resume", False)) if env.is_main else None
+    # every rank skips the same finished runs (trained, or out of memory: a data point; a run that errored is tried
+    # again): rank 0 reads them from the JSONL and tells the others
+    finished = [{(r["mode"], r["seq_len"]): r for r in run_.recorded("run") if r["status"] in ("ok", "oom")}
+                if run_ else None]
     if env.world_size > 1:
         dist.broadcast_object_list(finished, src=0)
     finished = finished[0]
@@ -243,7 +245,7 @@ def run(args) -> dict:
                     result["runs"].append(row)
                     say(f"{mode} @ {seq}: {row['status']} in an earlier attempt, not run again")
                     if row["status"] != "ok":
-                        break  # out of memory (or an error) there: the longer lengths of this mode are not tried
+                        break  # out of memory there: the longer lengths of this mode are not tried
                     continue
                 cfg = fq.TrainConfig(model=args.model, random_weights=args.random_weights,
                                      num_layers=args.num_layers, qat=mode != "plain",
