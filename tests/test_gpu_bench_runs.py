@@ -458,3 +458,9 @@ def test_hybrid_qat_run_that_errored_fails_and_is_tried_again_on_resume(in_tmp, 
     assert main([*HQ, "--out", str(out.relative_to(in_tmp)), "--resume"]) == 0
     assert trained == ["plain"]
     assert json.loads(out.read_text())["status"] == "complete"
+
+
+def test_out_without_a_suffix_is_a_run_folder(in_tmp, fake_fast8bit):
+    assert main([*F8, "--out", "runs/fast8bit_h100"]) == 0
+    assert (in_tmp / "runs" / "fast8bit_h100" / "result.json").is_file()
+    assert (in_tmp / "runs" / "fast8bit_h100" / "result.jsonl").is_file()

@@ -43,8 +43,9 @@ def run_paths(experiment: str, device_slug: str, out: str | Path | None = None, 
               resume: bool = False) -> tuple[Path, Path]:
     """(result JSON, measurements JSONL) of a run, checked before any work starts.
 
-    out None: a new run folder runs/<experiment>_<device>_<UTC time>/. out a file: that file (its JSONL beside
-    it); out a folder: result.json inside it. Refused: a path in the committed reference folder; an existing run
+    out None: a new run folder runs/<experiment>_<device>_<UTC time>/. out a file (a name with a suffix, such as
+    .json): that file (its JSONL beside it); out a folder (an existing one, or a name without a suffix, such as
+    runs/fast8bit_h100): result.json inside it. Refused: a path in the committed reference folder; an existing run
     without --resume; --resume without a JSONL to resume from."""
     if out is None:
         if resume:
@@ -58,7 +59,7 @@ def run_paths(experiment: str, device_slug: str, out: str | Path | None = None, 
         json_path = folder / "result.json"
     else:
         json_path = Path(out)
-        if json_path.is_dir() or str(out).endswith(("/", "\\")):
+        if json_path.is_dir() or str(out).endswith(("/", "\\")) or not json_path.suffix:
             json_path = json_path / "result.json"
     if _is_reference_folder(json_path.parent):
         raise RunSetupError(
