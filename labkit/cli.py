@@ -32,6 +32,11 @@ EXPERIMENTS = {
 }
 
 
+# experiments that still write their own files (their own --out, no run folder), unless OPTIONS declares them;
+# the others get --out/--resume/--update-reference here and declare the rest in their module (`add_arguments`)
+OWN_FILES = {"deploy"}
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer of at least 1."""
     try:
@@ -161,8 +166,7 @@ def _hybrid_options(p: argparse.ArgumentParser) -> None:
 
 
 OPTIONS = {"qat": _qat_options, "attention": _attention_options, "kernels": _kernels_options,
-           "hybrid": _hybrid_options}  # the others declare theirs in their module (`add_arguments(parser)`)
-OWN_FILES = {"deploy"}  # experiments that still write their own files (own --out)
+           "hybrid": _hybrid_options}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -174,7 +178,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--profile", choices=("quick", "full"), default=None,
                        help="run profile (default: $LABKIT_PROFILE, else full on a GPU, quick on a CPU)")
-        if name in OWN_FILES:  # an experiment that declares its own options and writes its own files
+        if name in OWN_FILES and name not in OPTIONS:  # declares its own options and writes its own files
             p.add_argument("--out", default=None, help="result file")
             importlib.import_module(module_name).add_arguments(p)
             subparsers[name] = p
