@@ -87,6 +87,8 @@ def test_resume_skips_finished_seeds_and_stages(stand_ins, tmp_path):
     assert data["accuracy_summary"]["ort-qat-int8"]["sd"] == pytest.approx(0.1)
     assert _deploy("--seeds", "0,1,2", "--out", str(out), "--resume") == 0  # everything measured: nothing runs
     assert stand_ins["accuracy"] == [0, 1, 2] and stand_ins["latency"] == [1] and stand_ins["profile"] == 1
+    again = _result(out)  # ... and the summary still holds what the earlier attempts measured
+    assert len(again["latency"]) == 3 and again["profile_int8"] and again["targets"] == data["targets"]
 
 
 def test_latency_stage_alone_on_an_accuracy_only_run(stand_ins, tmp_path):
