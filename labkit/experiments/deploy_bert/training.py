@@ -33,10 +33,15 @@ def check_models_from(run_dir: str | Path, seeds, model: str) -> None:
             if not path.is_file():
                 raise ValueError(f"--models-from {run_dir}: no saved {stage!r} model of seed {seed} ({path} is "
                                  "missing); run `bench qat` with these seeds there, or choose --seeds it saved")
-            saved = json.loads(path.read_text(encoding="utf-8")).get("model")
+            described = json.loads(path.read_text(encoding="utf-8"))
+            saved = described.get("model")
             if saved not in (None, model):
                 raise ValueError(f"--models-from {run_dir}: seed {seed} holds {saved!r}, not --model {model!r}; "
                                  f"pass --model {saved}")
+            dataset = described.get("info", {}).get("training", {}).get("dataset")
+            if dataset not in (None, "sst2"):
+                raise ValueError(f"--models-from {run_dir}: seed {seed} was trained on {dataset!r}; deploy evaluates "
+                                 "on SST-2: give a `bench qat --dataset sst2` run")
 
 
 def load_models(run_dir: str | Path, seed: int, model: str) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
