@@ -29,7 +29,9 @@ NOTES = [
     "from a `bench qat` run); every variant evaluated on the same eval set, every batch padded to 128 tokens; "
     "targets judged on the mean over seeds with the sd",
     "label agreement: sentences each variant labels differently from torchao eager; torchao compiled vs eager runs "
-    "the same INT8 codes and scales, so its count is the float-rounding noise floor of per-token INT8",
+    "the same INT8 codes and scales, so its count is the float-rounding noise floor of per-token INT8. Why it is "
+    "not zero: with scale = absmax / 127.5 each token's largest element lands on +-127.5, a rounding tie, so a "
+    "one-ulp difference in the float ops before it (LayerNorm, softmax order) decides its code (-127 or -128)",
     "latency (stage 'latency', measured once): one set of models, the first seed's when the run has them, else the "
     "pretrained checkpoint and its QAT conversion without training; CPU kernel time does not depend on the weight "
     "values. One process, rounds interleaved across every variant; p10/p50/p90 over rounds x repeat calls after "
