@@ -165,8 +165,12 @@ def _hybrid_options(p: argparse.ArgumentParser) -> None:
                    help="comma-separated seeds for the fine-tuned variants (full: 0,1,2; quick: 0)")
 
 
+def _deploy_options(p: argparse.ArgumentParser) -> None:
+    importlib.import_module("labkit.experiments.deploy_bert.options").add_arguments(p)
+
+
 OPTIONS = {"qat": _qat_options, "attention": _attention_options, "kernels": _kernels_options,
-           "hybrid": _hybrid_options}
+           "hybrid": _hybrid_options, "deploy": _deploy_options}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:

@@ -3,7 +3,6 @@ torchao INT8 model predicts, and bad input is refused with a clear message."""
 
 from __future__ import annotations
 
-import argparse
 import copy
 
 import numpy as np
@@ -127,24 +126,21 @@ def test_experiment_arguments_and_targets():
     assert exp.parse_threads("1,2") == [1, 2]
     with pytest.raises(ValueError, match="--threads"):
         exp.parse_threads("1,many")
+    assert exp.parse_stages("latency,accuracy") == ("accuracy", "latency")
     assert set(exp.cpu_flags()) >= {"avx512_vnni", "amx_int8"} or exp.cpu_flags() == {}
     row = {"p10_ms": 1.0, "p90_ms": 1.0, "threads": 1, "batch": 8}
-    data = {"latency": [{**row, "variant": "torch-fp32", "p50_ms": 100.0},
+    seed = {"n_eval": 872, "accuracy": {"torch-fp32": {"accuracy": 0.866}, "ort-qat-int8": {"accuracy": 0.865},
+                                        "ort-peer-int8": {"accuracy": 0.861}, "torchao-int8": {"accuracy": 0.865}},
+            "differ_from_torchao_eager": {"ort-qat-int8": 0}, "sizes_mb": {"torch-fp32": 90.9, "qat-int8": 23.1}}
+    data = {"latency": [{**row, "variant": "torch-fp32", "p50_ms": 100.0, "p10_ms": 98.0, "p90_ms": 102.0},
                         {**row, "variant": "ort-peer-int8", "p50_ms": 43.0, "p10_ms": 42.0, "p90_ms": 44.0},
                         {**row, "variant": "ort-qat-int8", "p50_ms": 38.0, "p10_ms": 37.0, "p90_ms": 39.0}],
-            "accuracy": {"torch-fp32": {"accuracy": 0.866}, "ort-qat-int8": {"accuracy": 0.865},
-                         "ort-peer-int8": {"accuracy": 0.861}, "torchao-int8": {"accuracy": 0.865}},
-            "sizes_mb": {"torch-fp32": 90.9, "qat-int8": 23.1}, "training": {"n_eval": 872}}
-    checks = {c["target"]: c["met"] for c in exp.target_checks(data)}
-    assert all(v is True for v in checks.values()), checks
+            "seed_results": {"0": seed}}
+    checks = {c["target"]: c["verdict"] for c in exp.target_checks(data)}
+    assert [t for t, v in checks.items() if v != "met"] == [t for t in checks if "accuracy" in t or "matches" in t]
+    assert {checks[t] for t in checks if "accuracy" in t or "matches" in t} == {"no verdict"}  # one seed
     data["latency"][2].update(p10_ms=44.0, p50_ms=45.0, p90_ms=46.0)  # slower than the peer, above 0.40x
     assert not any(c["met"] is True for c in exp.target_checks(data) if "latency" in c["target"] or "peer (" in c["target"])
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out")
-    exp.add_arguments(parser)
-    args = parser.parse_args(["--write-reference", "--out", "x.json"])
-    with pytest.raises(ValueError, match="only one"):
-        exp.run(args)
 
 
 def test_one_int8_linear_in_the_graph_computes_torchaos_result(models, int8_file, tmp_path):
@@ -166,3 +162,25 @@ def test_one_int8_linear_in_the_graph_computes_torchaos_result(models, int8_file
     with torch.inference_mode():
         ref = linear(torch.from_numpy(x)) - linear.bias
     assert np.abs(y - ref.numpy()).max() <= 1e-5 * np.abs(ref.numpy()).max()
+
+
+def test_each_tokens_largest_element_sits_on_a_rounding_tie():
+    """Why two correct INT8 runtimes differ on a few labels (notebook 01b, the result file's notes): with torchao's
+    per-token scale absmax / 127.5, each token's largest element lands on +-127.5, so a one-ulp change of the
+    input (another summation order) changes that element's code far more often than any other code."""
+    from torchao.quantization.quant_primitives import MappingType, choose_qparams_affine, quantize_affine
+
+    def codes(x):
+        eps = torch.finfo(torch.float32).eps
+        scale, zp = choose_qparams_affine(x, MappingType.SYMMETRIC, (1, x.shape[1]), torch.int8, -128, 127, eps=eps,
+                                          scale_dtype=torch.float32, zero_point_dtype=torch.int8, keepdim=True)
+        return quantize_affine(x, (1, x.shape[1]), scale, zp, torch.int8, -128, 127), scale
+
+    x = torch.randn(4000, 384, generator=torch.Generator().manual_seed(0)) * 3
+    q, scale = codes(x)
+    top = x.abs().amax(-1, keepdim=True)
+    assert torch.allclose(top * (1.0 / scale), torch.full_like(top, 127.5), rtol=2 ** -22, atol=0)
+    changed = q != codes(torch.nextafter(x, torch.full_like(x, float("inf"))))[0]
+    at_top = changed & (x.abs() == top)
+    assert changed.any(-1).float().mean() > 0.05  # a code changes in many tokens ...
+    assert at_top.sum() >= 0.9 * changed.sum()  # ... and almost always at the largest element

@@ -1,65 +1,63 @@
-"""Label agreement between INT8 runtimes of the same QAT model, and `--agreement-only` to add it to a result file."""
+"""The accuracy stage of one seed: export the artifacts, then accuracy, F1 and per-sentence label agreement of
+every variant on the eval set, torchao eager as the reference and torchao compiled as the noise floor."""
 
 from __future__ import annotations
 
+import os
 import tempfile
-from pathlib import Path
 
 import torch
 
-from labkit.experiments.deploy_bert.training import _load_cached
+from labkit.experiments.deploy_bert.options import ARTIFACT_OF
+
+PAD_TO = 128  # every eval batch padded to one shape: the compiled model runs one graph, every variant the same input
+ACCURACY_VARIANTS = ("torch-fp32", "torchao-int8", "torchao-int8-compiled", "ort-fp32", "ort-qat-int8",
+                     "ort-qat-int8-mha", "ort-qat-int8-unfused", "ort-peer-int8")
 
 
-def label_agreement(fp32, qat, int8_onnx: str | Path, eval_ds, tokenizer, threads: int = 1) -> dict:
-    """How often two correct INT8 runtimes of the same QAT model agree on the eval set's labels: torchao eager vs
-    ORT INT8, and torchao eager vs torchao compiled (freezing; batches padded to 128 for one compiled shape).
-    Float summation order differs between runtimes; a one-ulp change on a rounding boundary flips an INT8 code
-    and deeper layers amplify it, so a few near-boundary sentences can change label in either pair."""
-    from labkit.deploy.onnx_runtime import OnnxClassifier, evaluate
+def label_agreement(predictions: dict[str, list[int]], reference: str = "torchao-int8") -> dict[str, int]:
+    """How many sentences each variant labels differently from `reference` (same eval set, same order)."""
+    ref = predictions[reference]
+    return {name: sum(a != b for a, b in zip(p, ref, strict=True)) for name, p in predictions.items()}
+
+
+def seed_accuracy(fp32, qat, eval_ds, tokenizer, *, compiled: bool = True, threads: int | None = None) -> dict:
+    """Accuracy/F1 of every variant of one seed's models, the sentences each labels differently from torchao
+    eager, the artifacts' sizes and the bit-for-bit weight check. Two correct INT8 runtimes of the same QAT
+    model differ on a few sentences: float summation order differs, a one-ulp change on a rounding boundary
+    flips an INT8 code and deeper layers amplify it; torchao compiled vs eager measures that floor."""
+    from labkit.deploy.onnx_export import verify_int8_weights
+    from labkit.deploy.onnx_runtime import OnnxClassifier, build_artifacts, evaluate
     from labkit.experiments.qat_bert.latency import compile_settings
+    from labkit.quant.size import size_on_disk_mb
 
+    threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
-    runs = {"torchao-int8": evaluate(qat, eval_ds, tokenizer, pad_to=128, return_predictions=True),
-            "ort-qat-int8": evaluate(OnnxClassifier(int8_onnx, threads=threads), eval_ds, tokenizer, pad_to=128,
-                                     return_predictions=True),
-            "torch-fp32": evaluate(fp32, eval_ds, tokenizer, pad_to=128, return_predictions=True)}
-    with torch.inference_mode(), compile_settings():
-        torch._dynamo.reset()
-        runs["torchao-int8-compiled"] = evaluate(torch.compile(qat), eval_ds, tokenizer, pad_to=128,
-                                                 return_predictions=True)
-        torch._dynamo.reset()
-    ref = runs["torchao-int8"]["predictions"]
-    out = {"n": len(ref), "padding": "every batch padded to 128 tokens", "accuracy": {}, "differ_from_torchao_eager": {}}
-    for name, r in runs.items():
-        out["accuracy"][name] = r["accuracy"]
-        out["differ_from_torchao_eager"][name] = sum(a != b for a, b in zip(r["predictions"], ref, strict=True))
-    return out
+    runs: dict[str, dict] = {}
 
+    def run(name, model):
+        runs[name] = evaluate(model, eval_ds, tokenizer, pad_to=PAD_TO, return_predictions=True)
+        print(f"    {name}: accuracy {runs[name]['accuracy'] * 100:.2f}", flush=True)
 
-def _agreement_only(args, cfg, out: Path, command: str) -> dict:
-    """Add `label_agreement` of the cached models to the existing result file `out`, with its own provenance."""
-    import json
-
-    from labkit.results.files import write_json
-    from labkit.deploy.onnx_export import export_qat_int8
-    from labkit.env import provenance
-
-    if not args.cache_dir or not out.is_file():
-        raise ValueError(f"--agreement-only needs --cache-dir with the trained models and an existing result file "
-                         f"({out} {'exists' if out.is_file() else 'is missing'}); run the full experiment first")
-    data = json.loads(out.read_text(encoding="utf-8"))
-    cached = _load_cached(cfg, Path(args.cache_dir))
-    if cached is None:
-        raise ValueError(f"no trained models for this budget in {args.cache_dir}; run the experiment with --cache-dir")
-    fp32, qat, _ = cached
-    from labkit.models import load_classifier
-    from labkit.experiments.qat_bert.pipeline import load_data
-
-    tokenizer = load_classifier(cfg.model, num_labels=2, device="cpu")[1]
-    _, eval_ds = load_data(cfg, tokenizer)
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_qat_int8(qat, Path(tmp) / "qat_int8.onnx", fusions="no-attention")["path"]
-        data["agreement"] = {"provenance": provenance(command), **label_agreement(fp32, qat, path, eval_ds, tokenizer)}
-    write_json(out, data)
-    print(json.dumps(data["agreement"]["differ_from_torchao_eager"]), data["agreement"]["accuracy"])
-    return data
+        arts = build_artifacts(fp32, qat, tmp)
+        out = {"artifacts": {k: {kk: vv for kk, vv in v.items() if kk != "path"} for k, v in arts.items()},
+               "sizes_mb": {"torch-fp32": size_on_disk_mb(fp32), "torchao-int8": size_on_disk_mb(qat),
+                            **{k: v["size_mb"] for k, v in arts.items()}},
+               "weights_check": verify_int8_weights(arts["qat-int8"]["path"], qat)}
+        run("torch-fp32", fp32)
+        run("torchao-int8", qat)
+        if compiled:
+            with torch.inference_mode(), compile_settings():
+                torch._dynamo.reset()
+                run("torchao-int8-compiled", torch.compile(qat))
+                torch._dynamo.reset()
+        for name in ACCURACY_VARIANTS:
+            if name in ARTIFACT_OF:
+                run(name, OnnxClassifier(arts[ARTIFACT_OF[name]]["path"], threads=threads,
+                                         default_options=name == "ort-peer-int8"))
+    predictions = {name: r.pop("predictions") for name, r in runs.items()}
+    out.update(n_eval=len(eval_ds), padding=f"every eval batch padded to {PAD_TO} tokens",
+               accuracy={name: {"accuracy": r["accuracy"], "f1": r["f1"]} for name, r in runs.items()},
+               differ_from_torchao_eager=label_agreement(predictions))
+    return out
