@@ -1,0 +1,94 @@
+"""Perplexity of one converted variant, by the fastest path that keeps its numbers, checked on real tokens.
+
+    w8a8 (torchao INT8 dynamic activations)
+        "emulated": the converted model's INT8 codes multiplied in float32 (labkit.quant.emulate), after checking
+            on the first eval batch that its logits match the real converted model's within the stated tolerance
+            (else the variant fails). On a GPU torchao's eager w8a8 path is many times slower than bf16, the
+            emulation about as fast as bf16.
+        "real": the converted model itself. On a CPU torchao's INT8 matmul (oneDNN / _int_mm) is faster than the
+            float32 emulation, so "auto" picks "real" there and "emulated" on a GPU.
+    w8-labkit (INT8 weight-only on labkit's kernel)
+        the layer's own forward, checked on the first batch against the torchao model it was converted from (same
+        INT8 codes). Perplexity batches have thousands of tokens per call: there the layer dequantizes its codes
+        once and calls the matmul library (its prefill path, on a GPU and a CPU alike); the Triton kernel runs
+        calls of <= 16 tokens (decode), which the speed columns time.
+    fp8 the model as converted: real FP8 kernels on a GPU with compute capability >= 8.9, fake quantization (the
+        same e4m3 row-wise rounding in float arithmetic) elsewhere; the row says which.
+    anything else: the converted model itself.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from labkit.lm.perplexity import perplexity
+from labkit.measure.memory import release_memory
+from labkit.quant.emulate import emulated_int8_copy, logits_agreement, model_device
+
+PPL_PATHS = ("auto", "emulated", "real")
+
+
+class PerplexityCheckError(RuntimeError):
+    """The fast perplexity path disagreed with the real converted model on the check batch."""
+
+
+def resolve_ppl_path(ppl_path: str, device: torch.device | str) -> str:
+    """"emulated" or "real" for a w8a8 variant on `device` ("auto": emulated on a GPU, real on a CPU)."""
+    if ppl_path not in PPL_PATHS:
+        raise ValueError(f"ppl_path={ppl_path!r}; use one of {', '.join(PPL_PATHS)}")
+    if ppl_path != "auto":
+        return ppl_path
+    return "emulated" if torch.device(device).type == "cuda" else "real"
+
+
+def _checked(fast: nn.Module, real: nn.Module, blocks: torch.Tensor, batch: int, row: dict, what: str) -> None:
+    check = logits_agreement(fast, real, blocks[:batch])
+    row["ppl_check"] = {"against": what, **check}
+    if not check["ok"]:
+        tol = check["tolerance"]
+        raise PerplexityCheckError(
+            f"fast perplexity path disagrees with {what} on the check batch: NLL {check['nll_fast']:.5f} vs "
+            f"{check['nll_real']:.5f} ({check['nll_rel_diff']:.2e} relative, limit {tol['nll_rel']:.0e}), next-token "
+            f"agreement {check['top1_agreement']:.4f} (limit {tol['top1_min']})")
+
+
+def variant_perplexity(model: nn.Module, mode: str | None, blocks: torch.Tensor, batch: int, row: dict, *,
+                       ppl_path: str = "auto", reference: nn.Module | None = None, fp8_numerics: str | None = None,
+                       progress: bool = False) -> float:
+    """Perplexity of the converted `model` of an 8-bit `mode` (None: float); fills row["ppl_path"] (and
+    row["ppl_check"] where a fast path was checked; row["ppl_s"]: seconds). Raises PerplexityCheckError when the
+    check fails. `reference`: for w8-labkit, the torchao model it was converted from."""
+    device = model_device(model)
+    t0 = time.perf_counter()
+    if mode == "w8a8" and resolve_ppl_path(ppl_path, device) == "emulated":
+        fast, names = emulated_int8_copy(model)
+        try:
+            _checked(fast, model, blocks, batch, row, "the converted model (torchao INT8 kernels)")
+            row["ppl_path"] = (f"emulated: {len(names)} INT8 layers as int8 codes x int8 codes in float32 "
+                               "(exact products), checked against the converted model on the first batch")
+            ppl = perplexity(fast, blocks, batch, progress=progress)
+        finally:
+            del fast
+            release_memory(device)
+    elif mode == "w8-labkit":
+        if reference is not None:
+            _checked(model, reference, blocks, batch, row, "the torchao INT8 weight-only model with the same codes")
+        ppl = perplexity(model, blocks, batch, progress=progress)
+        row["ppl_path"] = ("labkit Int8WeightOnlyLinear: > 16 tokens per call, so int8 codes dequantized once + "
+                           "matmul library (its prefill path); the Triton kernel runs <= 16 tokens (decode)")
+    else:
+        ppl = perplexity(model, blocks, batch, progress=progress)
+        row["ppl_path"] = {None: "the model itself", "w8a8": "the converted model (torchao INT8 kernels)",
+                           "w8": "the converted model (torchao INT8 weight-only)"}.get(mode, "the converted model")
+        if mode == "fp8":
+            row["ppl_path"] = ("real FP8 row-wise kernels (torch._scaled_mm)" if fp8_numerics == "real" else
+                               "FP8 e4m3 row-wise by fake quantization (float arithmetic): no FP8 kernels here "
+                               "(they need an NVIDIA GPU of compute capability >= 8.9)")
+    row["ppl_s"] = time.perf_counter() - t0
+    return ppl
+
+
+__all__ = ["PPL_PATHS", "PerplexityCheckError", "resolve_ppl_path", "variant_perplexity"]
