@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import itertools
 import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +30,11 @@ from torch import nn
 NLL_REL_TOL = 5e-4
 """The fast path's mean next-token NLL on the check batch may differ from the real model's by this fraction."""
 TOP1_MIN = 0.98
-"""... and at least this share of its next-token predictions (argmax) must be the real model's."""
+"""... and at least this share of its next-token predictions (argmax) must be the real model's ..."""
+LOGIT_REL_TOL = 2e-3
+"""... and its logits may differ from the real model's by this fraction on average (mean |diff| / mean |logit|).
+An exact emulation differs by float32 rounding of the sums only (0 on a CPU); leaving out the activation
+quantization, a typical slip, moves the logits by ~1-2% even on a tiny random model."""
 
 
 def _int8_dynamic_weight(linear: nn.Module):
@@ -111,12 +114,13 @@ def _forward(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, float]:
     return logits, time.perf_counter() - t0
 
 
-def logits_agreement(fast: nn.Module | Callable, real: nn.Module | Callable, ids: torch.Tensor, *,
-                     nll_rel_tol: float = NLL_REL_TOL, top1_min: float = TOP1_MIN) -> dict:
+def logits_agreement(fast: nn.Module, real: nn.Module, ids: torch.Tensor, *, nll_rel_tol: float = NLL_REL_TOL,
+                     top1_min: float = TOP1_MIN, logit_rel_tol: float = LOGIT_REL_TOL) -> dict:
     """Run both models on the token ids [batch, seq]; how far the fast model's logits are from the real one's.
 
-    `ok` when the mean next-token NLL differs by at most `nll_rel_tol` (relative) and the next-token argmax agrees
-    on at least `top1_min` of the positions. Returns the numbers, the tolerances and each forward's seconds."""
+    `ok` when the mean next-token NLL differs by at most `nll_rel_tol` (relative), the next-token argmax agrees
+    on at least `top1_min` of the positions and mean |logit difference| <= `logit_rel_tol` x mean |logit|.
+    Returns the numbers, the tolerances and each forward's seconds."""
     real_logits, real_s = _forward(real, ids)
     fast_logits, fast_s = _forward(fast, ids)
     targets = ids[:, 1:].to(real_logits.device).reshape(-1)
@@ -128,11 +132,14 @@ def logits_agreement(fast: nn.Module | Callable, real: nn.Module | Callable, ids
     diff = (fast_logits - real_logits).abs()
     top1 = float((fast_logits.argmax(-1) == real_logits.argmax(-1)).float().mean())
     rel = abs(nll_fast - nll_real) / max(abs(nll_real), 1e-12)
-    ok = bool(rel <= nll_rel_tol and top1 >= top1_min and torch.isfinite(fast_logits).all())
+    scale = float(real_logits.abs().mean())
+    logit_rel = float(diff.mean()) / max(scale, 1e-12)
+    ok = bool(rel <= nll_rel_tol and top1 >= top1_min and logit_rel <= logit_rel_tol
+              and torch.isfinite(fast_logits).all())
     return {"tokens": int(ids.numel()), "nll_real": nll_real, "nll_fast": nll_fast, "nll_rel_diff": rel,
             "max_abs_logit_diff": float(diff.max()), "mean_abs_logit_diff": float(diff.mean()),
-            "mean_abs_logit": float(real_logits.abs().mean()), "top1_agreement": top1,
-            "tolerance": {"nll_rel": nll_rel_tol, "top1_min": top1_min}, "ok": ok,
+            "mean_abs_logit": scale, "logit_rel_diff": logit_rel, "top1_agreement": top1,
+            "tolerance": {"nll_rel": nll_rel_tol, "top1_min": top1_min, "logit_rel": logit_rel_tol}, "ok": ok,
             "real_s": real_s, "fast_s": fast_s}
 
 

@@ -28,7 +28,7 @@ from dataclasses import replace
 import torch
 
 from labkit.env import get_profile, provenance
-from labkit.experiments.hybrid.config import FEED_FORWARD, VARIANTS, HybridConfig
+from labkit.experiments.hybrid.config import FEED_FORWARD, VARIANTS, HybridConfig, missing_parents, needed_variants
 from labkit.experiments.hybrid.pipeline import run_hybrid
 from labkit.experiments.hybrid.seeds import seed_variants
 from labkit.experiments.hybrid.shape import SHAPE_MODES, shape_benchmark
@@ -70,12 +70,14 @@ def check(args) -> None:
     if unknown:
         raise ValueError(f"--variants {','.join(variants)}: unknown variant {unknown[0]!r}; "
                          f"choose from {', '.join(VARIANTS)}")
-    if variants and any(VARIANTS[v].from_ft for v in variants) and "base-ft" not in variants:
-        raise ValueError(f"--variants {','.join(variants)}: ft-ptq-* quantizes the fine-tuned base-ft model; "
-                         "add base-ft")
+    missing = missing_parents(variants or ())
+    if missing:
+        child, parent = missing[0]
+        raise ValueError(f"--variants {','.join(variants)}: {child} starts from {parent}'s model; add {parent}")
     overrides = {k: v for k, v in {
         "train_steps": args.steps, "lr": args.lr, "seq_len": args.seq_len, "eval_blocks": args.eval_blocks,
         "prefill_lengths": args.prefill_lens, "variants": variants, "seeds": getattr(args, "seeds", None),
+        "ppl_path": getattr(args, "ppl_path", None),
     }.items() if v is not None}
     if getattr(args, "memory_cap_gb", None) is not None and args.memory_cap_gb < 0:
         raise ValueError(f"--memory-cap-gb {args.memory_cap_gb}: give a size in GB above 0, or 0 for no cap")
@@ -211,9 +213,9 @@ def _trained_part(cfg, args, result: dict, run_: Run, record, stage, failed) -> 
         except Exception as err:  # noqa: BLE001
             failed("sensitivity", err)
     done = {r["row"]["variant"]: r for r in run_.recorded("variant") if "error" not in r["row"]}
-    todo = [v for v in cfg.variants if v not in done]
-    if any(VARIANTS[v].from_ft for v in todo) and "base-ft" not in todo:
-        todo.insert(0, "base-ft")  # the ft-ptq-* variants quantize base-ft's model: it is made again
+    # the variants that start from another one's model (ft-ptq-* from base-ft, qat-w8-labkit from qat-w8) need it
+    # made again (same seed, same recipe)
+    todo = needed_variants(v for v in cfg.variants if v not in done)
     kept = {name: item for name, item in done.items() if name not in todo}
 
     def collect(extra_rows: list[dict], res=None) -> None:
