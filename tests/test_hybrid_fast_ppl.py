@@ -142,3 +142,62 @@ def test_new_variants_get_the_1_percent_verdict_over_seeds(variant, words):
     assert noisy["verdict"] == "within noise" and noisy["met"] is None
     one = judge([(14.40, 14.45)])
     assert one["verdict"] == "no verdict"
+
+
+def _fake_run_hybrid(asked: list, stop_after: int | None, fail: tuple[str, ...] = ()):
+    """run_hybrid without a model: rows as they 'finish', Ctrl-C after `stop_after` rows, `fail` variants fail."""
+    from labkit.experiments.hybrid import HybridResult
+
+    def fake(cfg, model, tokenizer, on_row=None, **kw):
+        asked.append((cfg.seed, cfg.variants))
+        res = HybridResult(config={}, selected=["x"])
+        for name in cfg.variants:
+            if len(res.rows) == stop_after:
+                raise KeyboardInterrupt
+            row = {"variant": name, "method": "float", "ppl": 10.0, "prefill": [], "seed": cfg.seed}
+            res.rows.append(row | ({"error": "boom"} if name in fail else {}))
+            res.checks[name] = {"ok": name not in fail}
+            if on_row is not None:
+                on_row(res.rows[-1], res)
+        return res
+    return fake
+
+
+def test_resume_makes_the_model_a_variant_starts_from_again(tmp_path, monkeypatch):
+    import json
+
+    import labkit.experiments.hybrid.bench as bench
+    from labkit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench, "load_causal_lm", lambda *a, **k: (object(), object()))
+    asked: list = []
+    out = tmp_path / "h" / "result.json"
+    argv = ["hybrid", "--profile", "quick", "--shape", "none", "--no-sensitivity", "--out", str(out),
+            "--variants", "base,base-ft,qat-w8,ptq-fp8,qat-w8-labkit"]
+    monkeypatch.setattr(bench, "run_hybrid", _fake_run_hybrid(asked, stop_after=3))
+    assert main(argv) == 130
+    monkeypatch.setattr(bench, "run_hybrid", _fake_run_hybrid(asked, stop_after=None))
+    assert main(argv + ["--resume"]) == 0
+    assert asked[-1] == (0, ("qat-w8", "ptq-fp8", "qat-w8-labkit"))  # qat-w8 again: qat-w8-labkit converts its model
+    data = json.loads(out.read_text())
+    assert data["status"] == "complete"
+    assert [r["variant"] for r in data["rows"]] == ["base", "base-ft", "qat-w8", "ptq-fp8", "qat-w8-labkit"]
+
+
+def test_a_failed_variant_does_not_cost_the_other_variants_their_seeds(tmp_path, monkeypatch):
+    import json
+
+    import labkit.experiments.hybrid.bench as bench
+    from labkit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench, "load_causal_lm", lambda *a, **k: (object(), object()))
+    asked: list = []
+    monkeypatch.setattr(bench, "run_hybrid", _fake_run_hybrid(asked, stop_after=None, fail=("qat-fp8",)))
+    out = tmp_path / "h" / "result.json"
+    assert main(["hybrid", "--profile", "quick", "--shape", "none", "--no-sensitivity", "--out", str(out),
+                 "--variants", "base,base-ft,qat-w8a8,qat-fp8", "--seeds", "0,1,2"]) == 1  # a failed run
+    assert asked[1:] == [(1, ("base-ft", "qat-w8a8")), (2, ("base-ft", "qat-w8a8"))]
+    data = json.loads(out.read_text())
+    assert data["status"] == "failed" and sorted(data["seed_rows"]) == ["0", "1", "2"]

@@ -116,7 +116,7 @@ class HybridConfig:
     seeds: tuple[int, ...] = (0,)  # run_hybrid_seeds: fine-tuned variants over these seeds (perplexity mean +- sd)
     speed: bool = True  # False: perplexity, size and checks only (the seeds after the first)
     speed_once: bool = True  # speed of the first variant of each kind only: the others run the same kernels
-    w8a8_decode_tokens: int | None = 16  # torchao's eager w8a8 decodes at ~2 tok/s on Hopper: fewer tokens timed
+    w8a8_decode_tokens: int | None = 8  # torchao's eager w8a8 decodes at ~2 tok/s on Hopper: fewer tokens timed
     ppl_path: str = "auto"  # w8a8 perplexity: "emulated", "real" or "auto" (emulated on a GPU; see evaluate.py)
 
     @classmethod

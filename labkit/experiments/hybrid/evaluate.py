@@ -5,8 +5,9 @@
             on the first eval batch that its logits match the real converted model's within the stated tolerance
             (else the variant fails). On a GPU torchao's eager w8a8 path is many times slower than bf16, the
             emulation about as fast as bf16.
-        "real": the converted model itself. On a CPU torchao's INT8 matmul (oneDNN / _int_mm) is faster than the
-            float32 emulation, so "auto" picks "real" there and "emulated" on a GPU.
+        "real": the converted model itself. On a CPU torchao's INT8 matmul (_int_mm) is faster than the float32
+            emulation (SmolLM2-135M, 24 x 256 test tokens, bf16, 1 thread: 13.4 s against 20.8 s, the same
+            perplexity 39.9291 to 4 decimals), so "auto" picks "real" there and "emulated" on a GPU.
     w8-labkit (INT8 weight-only on labkit's kernel)
         the layer's own forward, checked on the first batch against the torchao model it was converted from (same
         INT8 codes). Perplexity batches have thousands of tokens per call: there the layer dequantizes its codes

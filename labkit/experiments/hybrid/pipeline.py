@@ -288,7 +288,8 @@ def run_hybrid(
             if cfg.speed and cfg.speed_once and kind in speed_of:
                 row["speed_of"] = speed_of[kind]  # same kernels on the same shapes: timed once, on that variant
             elif cfg.speed:
-                tokens = cfg.w8a8_decode_tokens if v.mode == "w8a8" and cfg.w8a8_decode_tokens else cfg.decode_tokens
+                tokens = (min(cfg.decode_tokens, cfg.w8a8_decode_tokens) if v.mode == "w8a8" and cfg.w8a8_decode_tokens
+                          else cfg.decode_tokens)
                 row.update(measure_speed(model_v, cfg.prefill_lengths, prefill_warmup=cfg.prefill_warmup,
                                          prefill_repeat=cfg.prefill_repeat, decode_prompt=cfg.decode_prompt,
                                          decode_tokens=tokens, decode_repeat=cfg.decode_repeat))
