@@ -63,6 +63,9 @@ def test_the_run_checks_the_fast_path_and_records_the_check(tiny, blocks):
     assert row["ppl_path"].startswith("emulated") and row["ppl_check"]["ok"]
     assert row["ppl_check"]["tolerance"]["logit_rel"] == emulate.LOGIT_REL_TOL
     assert row["ppl_check"]["real_s"] > 0 and row["ppl_check"]["fast_s"] > 0  # one eval batch timed both ways
+    paths = hy.ppl_paths_table(res.rows)
+    assert list(paths.index) == ["base", "ptq-w8a8"] and paths.loc["ptq-w8a8", "check_ok"] == True  # noqa: E712
+    assert "logit_rel 0.002" in paths.loc["ptq-w8a8", "tolerance"]
     real = hy.run_hybrid(_cfg(variants=("ptq-w8a8",), ppl_path="real"), tiny, test_blocks=test,
                          train_blocks=train, progress=False, log=None, strict=True).rows[0]
     assert "ppl_check" not in real and real["ppl_path"].startswith("the converted model")

@@ -21,6 +21,7 @@ from labkit.experiments.hybrid.targets import (
     evaluate_targets,
     file_targets,
     latency_effect,
+    ppl_paths_table,
     prefill_table,
     rows_table,
     targets_table,
@@ -31,6 +32,6 @@ __all__ = [
     "EIGHTY_GB_GIB", "FEED_FORWARD", "SHAPE_MODES", "VARIANTS", "HybridConfig", "HybridResult",
     "PerplexityCheckError", "Variant", "variant_perplexity",
     "attention_backend", "check_hybrid", "checks_table", "evaluate_targets", "file_targets", "latency_effect",
-    "make_variant", "measure_speed", "prefill_table", "rows_table", "run_hybrid", "run_hybrid_seeds", "shape_benchmark",
+    "make_variant", "measure_speed", "ppl_paths_table", "prefill_table", "rows_table", "run_hybrid", "run_hybrid_seeds", "shape_benchmark",
     "snapshot_unselected", "targets_table",
 ]

@@ -176,6 +176,28 @@ def rows_table(rows: list[dict], digits: int | None = 2) -> pd.DataFrame:
     return table if digits is None else table.round(digits)
 
 
+def ppl_paths_table(rows: list[dict], digits: int | None = 4) -> pd.DataFrame:
+    """How each variant's perplexity was computed, and for a fast path its check against the real model on one
+    batch: NLL and mean logit differences (relative), next-token agreement, the tolerance, and both forwards'
+    seconds. Empty when no row says (files written before the paths were recorded)."""
+    out = []
+    for r in rows:
+        if "ppl_path" not in r:
+            continue
+        check = r.get("ppl_check") or {}
+        tol = check.get("tolerance") or {}
+        out.append({"variant": r["variant"], "ppl_path": r["ppl_path"], "fp8_numerics": r.get("fp8_numerics"),
+                    "check_ok": check.get("ok"), "nll_rel_diff": check.get("nll_rel_diff"),
+                    "logit_rel_diff": check.get("logit_rel_diff"), "top1_agreement": check.get("top1_agreement"),
+                    "tolerance": ", ".join(f"{k} {v:g}" for k, v in tol.items()) or None,
+                    "real_s": check.get("real_s"), "fast_s": check.get("fast_s")})
+    table = pd.DataFrame(out)
+    if table.empty:
+        return table
+    table = table.set_index("variant").dropna(axis=1, how="all")
+    return table if digits is None else table.round(digits)
+
+
 def prefill_table(rows: list[dict], digits: int | None = 2) -> pd.DataFrame:
     """Tidy long format: one row per variant x prefill length (latency, peak and activation memory, OOM);
     floats rounded to `digits` (None: as measured)."""
