@@ -108,6 +108,7 @@ def test_fp8_and_labkit_rows_exist_are_labelled_and_checked(tiny, blocks):
     lab = rows["qat-w8-labkit"]
     assert lab["ppl_check"]["ok"] and "torchao" in lab["ppl_check"]["against"] and "labkit" in lab["ppl_path"]
     assert abs(lab["ppl"] / rows["qat-w8"]["ppl"] - 1) < 1e-3  # the same INT8 codes as qat-w8, not trained again
+    assert lab["kernel_check"]["ok"] and "interpreter" in lab["kernel_check"]["kernel"]  # conftest: CPU Triton
     assert "qat-w8-labkit" not in res.losses
     targets = {t["target"] for t in hy.evaluate_targets(res.rows)}
     assert "QAT (fp8, fake-quantized) perplexity within 1% of the equally fine-tuned float model" in targets
@@ -204,3 +205,24 @@ def test_a_failed_variant_does_not_cost_the_other_variants_their_seeds(tmp_path,
     assert asked[1:] == [(1, ("base-ft", "qat-w8a8")), (2, ("base-ft", "qat-w8a8"))]
     data = json.loads(out.read_text())
     assert data["status"] == "failed" and sorted(data["seed_rows"]) == ["0", "1", "2"]
+
+
+def test_the_kernel_check_catches_a_kernel_that_disagrees_with_the_prefill_path(tiny, monkeypatch):
+    from torchao.quantization import quantize_
+
+    import labkit.quant.int8_linear as int8_linear
+    from labkit.experiments.hybrid.evaluate import kernel_decode_check
+    from labkit.quant.int8_kernel import triton_available
+
+    if not triton_available("cpu")[0]:
+        pytest.skip("Triton's CPU interpreter is not on (tests/conftest.py turns it on where triton is installed)")
+    model = _bf16(tiny)
+    quantize_(model, int8_linear.LabkitInt8WeightOnlyConfig(), filter_fn=lambda m, fqn: fqn.endswith("_proj") and ".mlp." in fqn)
+    ids = torch.randint(0, 256, (32,), generator=torch.Generator().manual_seed(1))
+    good = kernel_decode_check(model, ids, tokens=8)  # raised to 16: the forward over 17 takes the prefill path
+    assert good["ok"] is True and good["tokens"] == 17, good
+    real_mm = int8_linear.int8_weight_only_mm
+    # a plausible kernel bug: split-K partial sums added twice
+    monkeypatch.setattr(int8_linear, "int8_weight_only_mm", lambda x, w, s: real_mm(x, w, s) * 2)
+    bad = kernel_decode_check(model, ids, tokens=16)
+    assert bad["ok"] is False and bad["logit_rel_diff"] > good["logit_rel_diff"], bad
