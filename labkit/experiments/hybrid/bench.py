@@ -12,9 +12,10 @@ Two parts, each optional:
      feed-forward + FA2 at 8k and 32k tokens, and decode.
 `--model none` skips part 1 (e.g. when the embedded model is not on the machine); `--shape none` skips part 2.
 
-Profiles: full on a GPU (the real experiment: every variant, 3 seeds; estimated from the H200 file's timings
-about 10 minutes on an H100: sensitivity ~0.5, seed 0 ~4 (torchao's eager w8a8 decode ~0.5 of it), seeds 1-2
-~2.3 each, the shape part ~1.5, loading ~0.5); full on a CPU (reduced: shorter blocks, fewer steps, no
+Profiles: full on a GPU (the real experiment: every variant, 3 seeds; estimated from the H200 file's timings at
+10-11 minutes: loading and sensitivity ~0.5, seed 0 ~4 (fine-tuning base-ft, qat-w8, qat-w8a8 and qat-fp8 ~1.8),
+seeds 1 and 2 ~2.2 each (the fine-tuned variants, perplexity only), the llama-2-7b shape part ~1.5-2; one
+`--resume` finishes it if a time limit stops the first attempt); full on a CPU (reduced: shorter blocks, fewer steps, no
 weight-only QAT, sensitivity on 4 blocks; about 15-25 minutes on 2 busy cores); quick (a smoke run, ~3 minutes
 on 2 cores). A run writes its folder runs/hybrid_<device>_<time>/ (or `--out`): result.json (status "running"
 until the end) and result.jsonl with each finished measurement (sensitivity, each variant, each further seed,
