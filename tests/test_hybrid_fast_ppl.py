@@ -226,3 +226,16 @@ def test_the_kernel_check_catches_a_kernel_that_disagrees_with_the_prefill_path(
     monkeypatch.setattr(int8_linear, "int8_weight_only_mm", lambda x, w, s: real_mm(x, w, s) * 2)
     bad = kernel_decode_check(model, ids, tokens=16)
     assert bad["ok"] is False and bad["logit_rel_diff"] > good["logit_rel_diff"], bad
+
+
+def test_bench_refuses_a_variant_without_its_parent_before_any_work(tmp_path, monkeypatch, capsys):
+    import labkit.experiments.hybrid.bench as bench
+    from labkit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench, "load_causal_lm", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["hybrid", "--profile", "quick", "--shape", "none", "--variants", "base,qat-w8-labkit"])
+    assert exit_.value.code == 2
+    assert "qat-w8-labkit starts from qat-w8's model; add qat-w8" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
