@@ -51,12 +51,13 @@ def test_quick_pipeline_every_variant(tiny, blocks):
     assert table.loc["ptq-w8", "size_mb"] < table.loc["base", "size_mb"]
     # speed once per kind of kernels: the first of each kind is timed, the others name it
     timed = {r["variant"] for r in res.rows if "prefill" in r}
-    assert timed == {"base", "ptq-w8", "ptq-w8a8", "ptq-fp8", "qat-w8-labkit"}
+    assert timed == {"base", "ptq-w8", "ptq-w8a8", "qat-w8-labkit"}  # fake FP8 (no FP8 kernels on a CPU): not timed
+    assert all("fake quantization" in table.loc[v, "speed_note"] and "fake" in table.loc[v, "size_note"] for v in fp8)
     assert all([p["seq_len"] for p in r["prefill"]] == [32] and r["prefill"][0]["latency_ms"] and r["decode_tok_s"]
                for r in res.rows if r["variant"] in timed)
     assert {r["variant"]: r.get("speed_of") for r in res.rows if r["variant"] not in timed} == {
         "base-ft": "base", "ft-ptq-w8": "ptq-w8", "ft-ptq-w8a8": "ptq-w8a8", "qat-w8": "ptq-w8", "qat-w8a8": "ptq-w8a8",
-        "ft-ptq-fp8": "ptq-fp8", "qat-fp8": "ptq-fp8"}
+        "ptq-fp8": None, "ft-ptq-fp8": None, "qat-fp8": None}
     assert len(hy.prefill_table(res.rows)) == len(timed)  # tidy: one row per timed variant x length
     for name, check in res.checks.items():
         assert check["ok"], (name, check)

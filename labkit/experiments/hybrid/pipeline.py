@@ -285,7 +285,12 @@ def run_hybrid(
                 row["fp8_layers"] = info["checks"]["fp8_layers"]
             row["checks_ok"] = info["checks"]["ok"]
             kind = _speed_kind(v, info)
-            if cfg.speed and cfg.speed_once and kind in speed_of:
+            if info.get("fp8_numerics") == "fake":  # float arithmetic standing in for FP8: not FP8's size or speed
+                row["size_note"] = ("fake-quantized: float weights in memory (real FP8 row-wise: 1 byte per weight "
+                                    "+ scales)")
+                if cfg.speed:
+                    row["speed_note"] = "not timed: fake quantization (no FP8 kernels here) says nothing of FP8 speed"
+            elif cfg.speed and cfg.speed_once and kind in speed_of:
                 row["speed_of"] = speed_of[kind]  # same kernels on the same shapes: timed once, on that variant
             elif cfg.speed:
                 tokens = (min(cfg.decode_tokens, cfg.w8a8_decode_tokens) if v.mode == "w8a8" and cfg.w8a8_decode_tokens
