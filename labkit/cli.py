@@ -140,7 +140,12 @@ def _hybrid_options(p: argparse.ArgumentParser) -> None:
                         "in the blocks; the head stays float, it is tied to the embedding on SmolLM2), or a regular "
                         "expression on module names")
     p.add_argument("--variants", type=names, default=None, help="comma-separated subset of base,base-ft,ptq-w8,"
-                   "ptq-w8a8,ft-ptq-w8,ft-ptq-w8a8,qat-w8,qat-w8a8 (default: by profile)")
+                   "ptq-w8a8,ft-ptq-w8,ft-ptq-w8a8,qat-w8,qat-w8a8,ptq-fp8,ft-ptq-fp8,qat-fp8,qat-w8-labkit "
+                   "(default: by profile; the full GPU profile runs all of them)")
+    p.add_argument("--ppl-path", choices=("auto", "emulated", "real"), default=None,
+                   help="w8a8 perplexity: through an exact float32 emulation of the INT8 arithmetic, checked against "
+                        "the converted model on one batch ('emulated'), through the converted model ('real'), or "
+                        "'auto' (default: emulated on a GPU, where torchao's eager INT8 path is slow; real on a CPU)")
     p.add_argument("--steps", type=positive_int, default=None, help="fine-tune steps (base-ft and QAT alike)")
     p.add_argument("--lr", type=positive_float, default=None, help="fine-tune learning rate")
     p.add_argument("--seq-len", type=positive_int, default=None, help="block length for perplexity and fine-tuning")

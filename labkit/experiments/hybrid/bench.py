@@ -1,20 +1,29 @@
-"""`python -m labkit.bench hybrid`: FA2 attention + INT8 selected layers against bf16, measured (notebook 03).
+"""`python -m labkit.bench hybrid`: FA2 attention + 8-bit selected layers against bf16, measured (notebook 03).
 
 Two parts, each optional:
-  1. the trained model (`--model`, default the embedded SmolLM2-135M): per-layer sensitivity, then the
-     variants base / base-ft / ptq-w8(a8) / ft-ptq-w8(a8) / qat-w8(a8) of the selected layers (default: the
-     feed-forward layers), each with perplexity on WikiText-2 test, weight size, prefill latency and peak memory,
-     decode tokens/s, and the after-conversion checks (attention kernel, INT8 == selection, rest untouched);
-  2. the llama-2-7b shape with random weights (GPU only; speed and memory only): bf16 + FA2 against INT8
-     feed-forward (weight-only and dynamic activations) + FA2 at 8k and 32k tokens, and decode.
+  1. the trained model (`--model`, default the embedded SmolLM2-135M): per-layer sensitivity (once), then the
+     variants base / base-ft / ptq-* / ft-ptq-* / qat-* in INT8 w8 and w8a8 and FP8 row-wise, and qat-w8-labkit
+     (qat-w8's codes on labkit's INT8 kernel Linear), of the selected layers (default: the feed-forward layers),
+     each with perplexity on WikiText-2 test (w8a8 on a GPU through an exact float32 emulation of the INT8
+     arithmetic, checked against the converted model on one batch: labkit.experiments.hybrid.evaluate), weight
+     size, the after-conversion checks (attention kernel, 8-bit == selection, rest untouched) and, once per kind
+     of kernels, prefill latency, peak memory and decode tokens/s; the fine-tuned variants again for every seed;
+  2. the llama-2-7b shape with random weights (GPU only; speed and memory only, once): bf16 + FA2 against 8-bit
+     feed-forward + FA2 at 8k and 32k tokens, and decode.
 `--model none` skips part 1 (e.g. when the embedded model is not on the machine); `--shape none` skips part 2.
 
-Profiles: full on a GPU (the real experiment, a few minutes on an H100); full on a CPU (reduced: shorter
-blocks, fewer steps, no weight-only QAT, sensitivity on 4 blocks; about 15-25 minutes on 2 busy cores);
-quick (a smoke run, ~3 minutes on 2 cores). A run writes its folder runs/hybrid_<device>_<time>/: result.json
-(status "running" until the end) and result.jsonl with each finished measurement, so an interrupted run keeps
-what it measured and `--resume` continues it. `--update-reference` copies a complete full-profile run to
-data/reference/hybrid_<device>.json.
+Profiles: full on a GPU (the real experiment: every variant, 3 seeds; estimated from the H200 file's timings at
+10-11 minutes: loading and sensitivity ~0.5, seed 0 ~4 (fine-tuning base-ft, qat-w8, qat-w8a8 and qat-fp8 ~1.8),
+seeds 1 and 2 ~2.2 each (the fine-tuned variants, perplexity only), the llama-2-7b shape part ~1.5-2; one
+`--resume` finishes it if a time limit stops the first attempt); full on a CPU (reduced: shorter blocks, fewer steps, no
+weight-only QAT, sensitivity on 4 blocks; about 15-25 minutes on 2 busy cores); quick (a smoke run, ~3 minutes
+on 2 cores). A run writes its folder runs/hybrid_<device>_<time>/ (or `--out`): result.json (status "running"
+until the end) and result.jsonl with each finished measurement (sensitivity, each variant, each further seed,
+each shape mode), so an interrupted run keeps what it measured and `--resume` with the same `--out` continues it.
+`--update-reference` copies a complete full-profile run to data/reference/hybrid_<device>.json:
+
+    python -m labkit.bench hybrid --profile full --out runs/hybrid_gpu/result.json --update-reference
+    python -m labkit.bench hybrid --profile full --out runs/hybrid_gpu/result.json --update-reference --resume
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from dataclasses import replace
 import torch
 
 from labkit.env import get_profile, provenance
-from labkit.experiments.hybrid.config import FEED_FORWARD, VARIANTS, HybridConfig
+from labkit.experiments.hybrid.config import FEED_FORWARD, VARIANTS, HybridConfig, missing_parents, needed_variants
 from labkit.experiments.hybrid.pipeline import run_hybrid
 from labkit.experiments.hybrid.seeds import seed_variants
 from labkit.experiments.hybrid.shape import SHAPE_MODES, shape_benchmark
@@ -70,12 +79,14 @@ def check(args) -> None:
     if unknown:
         raise ValueError(f"--variants {','.join(variants)}: unknown variant {unknown[0]!r}; "
                          f"choose from {', '.join(VARIANTS)}")
-    if variants and any(VARIANTS[v].from_ft for v in variants) and "base-ft" not in variants:
-        raise ValueError(f"--variants {','.join(variants)}: ft-ptq-* quantizes the fine-tuned base-ft model; "
-                         "add base-ft")
+    missing = missing_parents(variants or ())
+    if missing:
+        child, parent = missing[0]
+        raise ValueError(f"--variants {','.join(variants)}: {child} starts from {parent}'s model; add {parent}")
     overrides = {k: v for k, v in {
         "train_steps": args.steps, "lr": args.lr, "seq_len": args.seq_len, "eval_blocks": args.eval_blocks,
         "prefill_lengths": args.prefill_lens, "variants": variants, "seeds": getattr(args, "seeds", None),
+        "ppl_path": getattr(args, "ppl_path", None),
     }.items() if v is not None}
     if getattr(args, "memory_cap_gb", None) is not None and args.memory_cap_gb < 0:
         raise ValueError(f"--memory-cap-gb {args.memory_cap_gb}: give a size in GB above 0, or 0 for no cap")
@@ -211,9 +222,9 @@ def _trained_part(cfg, args, result: dict, run_: Run, record, stage, failed) -> 
         except Exception as err:  # noqa: BLE001
             failed("sensitivity", err)
     done = {r["row"]["variant"]: r for r in run_.recorded("variant") if "error" not in r["row"]}
-    todo = [v for v in cfg.variants if v not in done]
-    if any(VARIANTS[v].from_ft for v in todo) and "base-ft" not in todo:
-        todo.insert(0, "base-ft")  # the ft-ptq-* variants quantize base-ft's model: it is made again
+    # the variants that start from another one's model (ft-ptq-* from base-ft, qat-w8-labkit from qat-w8) need it
+    # made again (same seed, same recipe)
+    todo = needed_variants(v for v in cfg.variants if v not in done)
     kept = {name: item for name, item in done.items() if name not in todo}
 
     def collect(extra_rows: list[dict], res=None) -> None:
@@ -251,8 +262,10 @@ def _trained_part(cfg, args, result: dict, run_: Run, record, stage, failed) -> 
     if unchecked:
         run_.fail(f"after-conversion checks failed (attention kernel, integer matmul, INT8 layers or untouched "
                   f"rest): {', '.join(unchecked)}; see checks")
-    if not bad and len(cfg.seeds) > 1:
-        _more_seeds(cfg, model, tokenizer, result, run_, record, stage, failed)
+    if len(cfg.seeds) > 1:  # the variants that worked on the first seed (a failed one is already a failed run)
+        good = tuple(needed_variants(r["variant"] for r in result["rows"] if "error" not in r))
+        if good:
+            _more_seeds(replace(cfg, variants=good), model, tokenizer, result, run_, record, stage, failed)
     del model
     release_memory()
 

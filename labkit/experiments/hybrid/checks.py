@@ -23,9 +23,11 @@ def snapshot_unselected(model: nn.Module, selected: list[str]) -> dict[str, torc
 
 def check_hybrid(model: nn.Module, selected: list[str], snapshot: dict[str, torch.Tensor] | None,
                  backend: str, quantized: bool, sample_len: int = 64, mode: str | None = None,
-                 require_weight_kernel: bool = False) -> dict:
+                 require_weight_kernel: bool = False, eight_bit: list[str] | None = None) -> dict:
     """Attention kernel (profiled forward), INT8 layers == selection, unselected Linears untouched, and with `mode`
-    ("w8a8", "w8" or "float") the matmuls that ran: a w8a8 model that ran no integer matmul fails.
+    ("w8a8", "w8", "fp8" or "float") the matmuls that ran: a w8a8 model that ran no integer matmul fails.
+    `eight_bit`: for FP8 variants, the names of the FP8 (or FP8 fake-quantized) modules, checked == selection
+    instead of the INT8 ones (which must then be none).
 
     Returns a dict with `ok` and the evidence; never raises (a failed check is a result).
     """
@@ -45,7 +47,12 @@ def check_hybrid(model: nn.Module, selected: list[str], snapshot: dict[str, torc
             result.update(matmul_ok=False, matmul=error_text(err))
     int8 = int8_modules(model)
     result["int8_layers"] = len(int8)
-    result["int8_matches_selection"] = (int8 == selected) if quantized else (int8 == [])
+    if eight_bit is None:
+        result["int8_matches_selection"] = (int8 == selected) if quantized else (int8 == [])
+    else:
+        result["fp8_layers"] = len(eight_bit)
+        result["int8_matches_selection"] = int8 == []
+        result["fp8_matches_selection"] = eight_bit == selected
     changed, not_plain = [], []
     if snapshot is not None:
         modules = dict(model.named_modules())
@@ -63,6 +70,7 @@ def check_hybrid(model: nn.Module, selected: list[str], snapshot: dict[str, torc
     if emb is not None and head is not None and getattr(model.config, "tie_word_embeddings", False):
         result["head_still_tied"] = head.weight is emb.weight
     result["ok"] = bool(result.get("attention_ok") and result["int8_matches_selection"]
+                        and result.get("fp8_matches_selection", True)
                         and (snapshot is None or result["unselected_untouched"])
                         and result.get("matmul_ok", True))
     return result

@@ -1,5 +1,6 @@
 """What one hybrid run is: the variants (float, PTQ, fine-tune-then-PTQ, QAT; INT8 weight-only or with dynamic
-activations), the layers they quantize, and every setting (`HybridConfig.for_profile` for quick and full)."""
+activations, FP8 row-wise, INT8 weight-only on labkit's kernel), the layers they quantize, and every setting
+(`HybridConfig.for_profile` for quick and full)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,16 @@ FEED_FORWARD = r"\.mlp\.(gate|up|down)_proj$"
 """The default selection: the feed-forward (MLP) Linear layers of every block, which hold most of each block's
 Linear weights (3/4 on SmolLM2-135M, 2/3 on Llama-2-7B), so INT8 there saves the most memory."""
 
+MODES = ("w8", "w8a8", "fp8", "w8-labkit")
+"""8-bit modes: torchao INT8 weight-only / INT8 weights + dynamic per-token INT8 activations / FP8 row-wise
+weights + dynamic activations / INT8 weight-only on labkit's Triton kernel (`labkit.quant.int8_linear`)."""
+
+
 @dataclass(frozen=True)
 class Variant:
-    """How one variant is made: quantization method (None/ptq/qat), INT8 mode (w8 / w8a8), fine-tuned or not,
-    and whether it starts from the base-ft model (fine-tuned once, reused) instead of the untouched one."""
+    """How one variant is made: quantization method (None/ptq/qat), 8-bit mode (`MODES`), fine-tuned or not,
+    and whether it starts from the base-ft model (fine-tuned once, reused) or from another variant's converted
+    model (`from_variant`: its weights are reused as they are, nothing is trained again)."""
 
     name: str
     label: str
@@ -25,10 +32,16 @@ class Variant:
     mode: str | None = None
     train: bool = False
     from_ft: bool = False
+    from_variant: str | None = None
 
     @property
     def activations(self) -> str | None:
         return "int8-dynamic" if self.mode == "w8a8" else None
+
+    @property
+    def parent(self) -> str | None:
+        """The variant whose model this one starts from (None: the untouched float model)."""
+        return "base-ft" if self.from_ft else self.from_variant
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
@@ -40,7 +53,30 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("ft-ptq-w8a8", "fine-tune, then PTQ INT8 dynamic activations", "ptq", "w8a8", train=True, from_ft=True),
     Variant("qat-w8", "QAT -> INT8 weight-only", "qat", "w8", train=True),
     Variant("qat-w8a8", "QAT -> INT8 dynamic activations", "qat", "w8a8", train=True),
+    Variant("ptq-fp8", "PTQ FP8 row-wise (weights + dynamic activations)", "ptq", "fp8"),
+    Variant("ft-ptq-fp8", "fine-tune, then PTQ FP8 row-wise", "ptq", "fp8", train=True, from_ft=True),
+    Variant("qat-fp8", "QAT (FP8 fake quantization) -> FP8 row-wise", "qat", "fp8", train=True),
+    Variant("qat-w8-labkit", "QAT -> INT8 weight-only on labkit's Triton kernel", "qat", "w8-labkit", train=True,
+            from_variant="qat-w8"),
 )}
+
+
+def needed_variants(variants) -> list[str]:
+    """`variants` with the variants they start from added (ft-ptq-* need base-ft, qat-w8-labkit needs qat-w8),
+    in run order."""
+    want = set(variants)
+    for name in list(want):
+        parent = VARIANTS[name].parent
+        while parent is not None:
+            want.add(parent)
+            parent = VARIANTS[parent].parent
+    return [v for v in VARIANTS if v in want]
+
+
+def missing_parents(variants) -> list[tuple[str, str]]:
+    """(variant, the variant it starts from) for each variant of `variants` whose parent is not in `variants`."""
+    return [(v, VARIANTS[v].parent) for v in variants if VARIANTS[v].parent and VARIANTS[v].parent not in variants]
+
 
 
 def attention_backend(device: torch.device | str) -> str:
@@ -79,6 +115,9 @@ class HybridConfig:
     data_dir: str | None = None
     seeds: tuple[int, ...] = (0,)  # run_hybrid_seeds: fine-tuned variants over these seeds (perplexity mean +- sd)
     speed: bool = True  # False: perplexity, size and checks only (the seeds after the first)
+    speed_once: bool = True  # speed of the first variant of each kind only: the others run the same kernels
+    w8a8_decode_tokens: int | None = 8  # torchao's eager w8a8 decodes at ~2 tok/s on Hopper: fewer tokens timed
+    ppl_path: str = "auto"  # w8a8 perplexity: "emulated", "real" or "auto" (emulated on a GPU; see evaluate.py)
 
     @classmethod
     def for_profile(cls, profile: str | None = None, device: torch.device | str | None = None,
@@ -89,11 +128,13 @@ class HybridConfig:
         profile = profile or get_profile()
         device = torch.device(device) if device is not None else default_device()
         if profile == "quick":
-            cfg = cls(variants=("base", "base-ft", "ptq-w8a8", "ft-ptq-w8a8", "qat-w8a8"), seq_len=128, eval_blocks=4,
+            cfg = cls(variants=("base", "base-ft", "ptq-w8a8", "ft-ptq-w8a8", "qat-w8a8", "ptq-fp8"), seq_len=128,
+                      eval_blocks=4,
                       eval_batch=4, train_steps=4, train_batch=2, lr=5e-5, prefill_lengths=(64, 256),
                       prefill_warmup=1, prefill_repeat=1, decode_prompt=16, decode_tokens=4, decode_repeat=1)
         elif profile == "full" and device.type != "cuda":
-            cfg = cls(variants=("base", "base-ft", "ptq-w8", "ptq-w8a8", "ft-ptq-w8a8", "qat-w8a8"), seq_len=256,
+            cfg = cls(variants=("base", "base-ft", "ptq-w8", "ptq-w8a8", "ft-ptq-w8a8", "qat-w8a8", "ptq-fp8"),
+                      seq_len=256,
                       eval_blocks=24, eval_batch=4, train_steps=16, train_batch=2, lr=3e-5, prefill_lengths=(512, 2048),
                       prefill_warmup=1, prefill_repeat=5, decode_prompt=64, decode_tokens=8, decode_repeat=5,
                       seeds=(0, 1, 2))

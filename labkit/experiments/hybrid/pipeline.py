@@ -10,6 +10,15 @@ One model, one device. Every variant starts from the same float master copy and 
     ft-ptq-w8a8  the same with dynamic INT8 activations
     qat-w8       QAT: fake quantizers (weights) on the selection only, fine-tune, convert to INT8 weight-only
     qat-w8a8     QAT: fake quantizers (weights + activations), fine-tune, convert to INT8 dynamic activations
+    ptq-fp8      PTQ FP8 row-wise (e4m3 weights per channel, dynamic activations per token); ft-ptq-fp8 of base-ft
+    qat-fp8      QAT with FP8 fake quantizers, fine-tune, convert to FP8 row-wise
+                 (FP8 kernels need a GPU of compute capability >= 8.9: elsewhere the FP8 variants are evaluated by
+                 fake quantization, the same rounding in float arithmetic, and their rows say so)
+    qat-w8-labkit  the converted qat-w8 model (same INT8 codes, not trained again) on labkit's INT8 kernel Linear
+
+Perplexity takes the fastest path that keeps a variant's numbers (labkit.experiments.hybrid.evaluate: w8a8 on a
+GPU through an exact float32 emulation of the INT8 arithmetic, checked against the real model on one batch).
+Speed is timed once per kind of kernels (the first float, w8, w8a8, ... variant); the others name it in `speed_of`.
 
 Fine-tuning runs on fp32 master weights (bf16 autocast when the model runs in bf16: pure-bf16 AdamW would
 round small updates away) on WikiText-2 *validation*; perplexity is measured on WikiText-2 *test*.
@@ -30,13 +39,21 @@ from torch import nn
 from labkit.attention.backends import set_backend
 from labkit.env import default_device
 from labkit.experiments.hybrid.checks import check_hybrid, snapshot_unselected
-from labkit.experiments.hybrid.config import VARIANTS, HybridConfig, Variant, attention_backend
+from labkit.experiments.hybrid.config import VARIANTS, HybridConfig, Variant, attention_backend, missing_parents
+from labkit.experiments.hybrid.evaluate import resolve_ppl_path, variant_perplexity
 from labkit.lm.finetune import fine_tune
-from labkit.lm.perplexity import perplexity, wikitext_blocks
+from labkit.lm.perplexity import wikitext_blocks
 from labkit.measure.decode import decode_tokens_per_s
 from labkit.measure.memory import error_text, is_memory_error, release_memory
 from labkit.measure.prefill import prefill_point
 from labkit.models import load_causal_lm, parameter_count
+from labkit.quant.fp8 import (
+    convert_fp8_qat,
+    fp8_modules,
+    fp8_unavailable_reason,
+    prepare_fp8_qat,
+    quantize_fp8_rowwise,
+)
 from labkit.quant.ptq import quantize_dynamic_int8, quantize_weight_only_int8
 from labkit.quant.qat import convert_qat, prepare_qat
 from labkit.quant.report import fake_quantized_modules
@@ -90,19 +107,51 @@ class HybridResult:
         return asdict(self)
 
 
+def _fp8_numerics(device: torch.device) -> str:
+    """"real" where FP8 kernels run (NVIDIA GPU, compute capability >= 8.9), else "fake" (fake quantization)."""
+    return "real" if fp8_unavailable_reason(device) is None else "fake"
+
+
+def _quantize(model: nn.Module, v: Variant, selected: list[str], device: torch.device, info: dict) -> None:
+    """PTQ, QAT convert, or labkit's kernel Linear on the selected layers of `model` (in place)."""
+    if v.mode == "fp8":
+        info["fp8_numerics"] = _fp8_numerics(device)
+        if info["fp8_numerics"] == "real":
+            (convert_fp8_qat(model) if v.method == "qat" else quantize_fp8_rowwise(model, selected))
+        elif v.method == "ptq":
+            prepare_fp8_qat(model, selected)  # the same FP8 rounding, in float arithmetic (no FP8 kernels here)
+    elif v.mode == "w8-labkit":
+        from torchao.quantization import quantize_
+
+        from labkit.quant.int8_linear import LabkitInt8WeightOnlyConfig
+
+        chosen = set(selected)
+        quantize_(model, LabkitInt8WeightOnlyConfig(), filter_fn=lambda m, fqn: fqn in chosen)
+    elif v.method == "qat":
+        convert_qat(model)
+    elif v.method == "ptq":
+        (quantize_dynamic_int8 if v.mode == "w8a8" else quantize_weight_only_int8)(model, selected)
+
+
 def make_variant(master: nn.Module, variant: str | Variant, cfg: HybridConfig, selected: list[str],
                  train_blocks: torch.Tensor | None = None, progress: bool = True) -> tuple[nn.Module, dict]:
     """Build one variant from `master`; returns (model on cfg.device, info with losses and checks).
 
-    `master` is the float master copy, or for `from_ft` variants the already fine-tuned base-ft model
-    (they are not fine-tuned again)."""
+    `master` is the float master copy, or for a variant with a `parent` that variant's model: the already
+    fine-tuned base-ft model for ft-ptq-*, the converted qat-w8 model for qat-w8-labkit (not trained again)."""
     v = VARIANTS[variant] if isinstance(variant, str) else variant
     device, dtype = torch.device(cfg.device), cfg.torch_dtype()
     info: dict = {}
-    train_here = v.train and not v.from_ft
-    model = copy.deepcopy(master).to(device=device, dtype=torch.float32 if train_here else dtype).eval()
-    if v.method == "qat":
-        prepare_qat(model, selected, activations=v.activations)
+    train_here = v.train and v.parent is None
+    if v.from_variant is not None:  # a converted model: its 8-bit tensors keep their dtypes
+        model = copy.deepcopy(master).to(device=device).eval()
+    else:
+        model = copy.deepcopy(master).to(device=device, dtype=torch.float32 if train_here else dtype).eval()
+    if v.method == "qat" and v.parent is None:
+        if v.mode == "fp8":
+            prepare_fp8_qat(model, selected)
+        else:
+            prepare_qat(model, selected, activations=v.activations)
         info["fake_quantized_match"] = fake_quantized_modules(model) == selected
     if train_here:
         if train_blocks is None:
@@ -115,16 +164,29 @@ def make_variant(master: nn.Module, variant: str | Variant, cfg: HybridConfig, s
         info["train_s"] = time.perf_counter() - t0
         model.to(dtype)
     snapshot = snapshot_unselected(model, selected)
-    if v.method == "qat":
-        convert_qat(model)
-    elif v.method == "ptq":
-        (quantize_dynamic_int8 if v.mode == "w8a8" else quantize_weight_only_int8)(model, selected)
+    if v.method is not None:
+        _quantize(model, v, selected, device, info)
     backend = attention_backend(device)
     set_backend(model, backend)
-    info["checks"] = check_hybrid(model, selected, snapshot, backend, quantized=v.method is not None,
-                                  mode=v.mode if v.method is not None else "float")
+    mode, eight_bit = (v.mode if v.method is not None else "float"), None
+    if v.mode == "fp8":  # real: FP8 tensors run _scaled_mm; fake: fake-quantized Linears run float matmuls
+        real = info["fp8_numerics"] == "real"
+        mode, eight_bit = ("fp8" if real else "float"), (fp8_modules(model) if real else fake_quantized_modules(model))
+    elif v.mode == "w8-labkit":
+        mode = "w8"
+    info["checks"] = check_hybrid(model, selected, snapshot, backend, quantized=v.method is not None, mode=mode,
+                                  eight_bit=eight_bit)
+    if "fp8_numerics" in info:
+        info["checks"]["fp8_numerics"] = info["fp8_numerics"]
     del snapshot
     return model, info
+
+
+def _speed_kind(v: Variant, info: dict) -> str:
+    """Variants of one kind run the same kernels on the same shapes: their speed is measured once."""
+    if v.method is None:
+        return "float"
+    return f"{v.mode}-{info['fp8_numerics']}" if v.mode == "fp8" else v.mode
 
 
 def run_hybrid(
@@ -150,9 +212,12 @@ def run_hybrid(
     unknown = [v for v in cfg.variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
-    if any(VARIANTS[v].from_ft for v in cfg.variants) and "base-ft" not in cfg.variants:
-        raise ValueError("ft-ptq-* variants quantize the fine-tuned base-ft model: add 'base-ft' to the variants")
-    cfg = replace(cfg, variants=tuple(v for v in VARIANTS if v in cfg.variants))  # base-ft before ft-ptq-*
+    missing = missing_parents(cfg.variants)
+    if missing:
+        v, parent = missing[0]
+        raise ValueError(f"variant {v!r} starts from {parent!r}'s model: add {parent!r} to the variants")
+    resolve_ppl_path(cfg.ppl_path, cfg.device or "cpu")  # refuses a bad ppl_path before any work
+    cfg = replace(cfg, variants=tuple(v for v in VARIANTS if v in cfg.variants))  # parents before their children
     if cfg.device is None:
         cfg = replace(cfg, device=str(default_device()))
     device = torch.device(cfg.device)
@@ -180,14 +245,15 @@ def run_hybrid(
         f"attention: {result.meta['attention_note']}; dtype {cfg.dtype} on {device}")
     if test_blocks is None:
         test_blocks = wikitext_blocks(tokenizer, "test", cfg.seq_len, cfg.eval_blocks, cfg.data_dir)
-    needs_training = any(VARIANTS[v].train and not VARIANTS[v].from_ft for v in cfg.variants)
+    needs_training = any(VARIANTS[v].train and VARIANTS[v].parent is None for v in cfg.variants)
     if train_blocks is None and needs_training:
         train_blocks = wikitext_blocks(tokenizer, "validation", cfg.seq_len, None, cfg.data_dir)
     result.meta.update(test_tokens=int(test_blocks.numel()),
                        train_tokens=int(cfg.train_steps * cfg.train_batch * cfg.seq_len) if needs_training else 0)
 
-    keep_ft = any(VARIANTS[v].from_ft for v in cfg.variants)
-    ft_model: nn.Module | None = None  # base-ft, kept on the CPU for the ft-ptq-* variants
+    parents = {VARIANTS[v].parent for v in cfg.variants} - {None}
+    kept: dict[str, nn.Module] = {}  # models other variants start from (base-ft on the CPU, converted ones on device)
+    speed_of: dict[str, str] = {}    # kind of kernels -> the variant whose speed was measured
     for name in cfg.variants:
         v = VARIANTS[name]
         t0 = time.perf_counter()
@@ -196,31 +262,52 @@ def run_hybrid(
                      "seed": cfg.seed}
         model_v = None
         try:
-            if v.from_ft and ft_model is None:
-                raise RuntimeError("base-ft failed, so there is no fine-tuned model to quantize")
-            model_v, info = make_variant(ft_model if v.from_ft else master, v, cfg, selected, train_blocks, progress)
-            if name == "base-ft" and keep_ft:
-                ft_model = copy.deepcopy(model_v).to("cpu")
+            if v.parent is not None and v.parent not in kept:
+                raise RuntimeError(f"{v.parent} failed, so there is no model of it for {name} to start from")
+            model_v, info = make_variant(kept.get(v.parent, master), v, cfg, selected, train_blocks, progress)
+            if name in parents:
+                kept[name] = copy.deepcopy(model_v).to("cpu") if VARIANTS[name].method is None else model_v
             result.checks[name] = info["checks"] | ({"fake_quantized_match": info["fake_quantized_match"]}
                                                    if "fake_quantized_match" in info else {})
             if "losses" in info:
                 result.losses[name] = info["losses"]
                 row["final_train_loss"] = sum(info["losses"][-5:]) / len(info["losses"][-5:])
                 row["train_s"] = info["train_s"]
-            row["ppl"] = perplexity(model_v, test_blocks, cfg.eval_batch, progress=progress)
+            if "fp8_numerics" in info:
+                row["fp8_numerics"] = info["fp8_numerics"]
+            row["ppl"] = variant_perplexity(
+                model_v, v.mode if v.method is not None else None, test_blocks, cfg.eval_batch, row,
+                ppl_path=cfg.ppl_path, reference=kept.get(v.from_variant), fp8_numerics=info.get("fp8_numerics"),
+                progress=progress)
             row["size_mb"] = weight_bytes(model_v) / 1e6
             row["int8_layers"] = info["checks"]["int8_layers"]
+            if "fp8_layers" in info["checks"]:
+                row["fp8_layers"] = info["checks"]["fp8_layers"]
             row["checks_ok"] = info["checks"]["ok"]
-            if cfg.speed:
+            kind = _speed_kind(v, info)
+            if info.get("fp8_numerics") == "fake":  # float arithmetic standing in for FP8: not FP8's size or speed
+                row["size_note"] = ("fake-quantized: float weights in memory (real FP8 row-wise: 1 byte per weight "
+                                    "+ scales)")
+                if cfg.speed:
+                    row["speed_note"] = "not timed: fake quantization (no FP8 kernels here) says nothing of FP8 speed"
+            elif cfg.speed and cfg.speed_once and kind in speed_of:
+                row["speed_of"] = speed_of[kind]  # same kernels on the same shapes: timed once, on that variant
+            elif cfg.speed:
+                tokens = (min(cfg.decode_tokens, cfg.w8a8_decode_tokens) if v.mode == "w8a8" and cfg.w8a8_decode_tokens
+                          else cfg.decode_tokens)
                 row.update(measure_speed(model_v, cfg.prefill_lengths, prefill_warmup=cfg.prefill_warmup,
                                          prefill_repeat=cfg.prefill_repeat, decode_prompt=cfg.decode_prompt,
-                                         decode_tokens=cfg.decode_tokens, decode_repeat=cfg.decode_repeat))
+                                         decode_tokens=tokens, decode_repeat=cfg.decode_repeat))
+                speed_of[kind] = name
         except Exception as err:  # noqa: BLE001 - one failed variant must not lose the others
             row.update(error=error_text(err), oom=is_memory_error(err))
             if strict:
                 raise
         finally:
             del model_v
+            for parent in [p for p in kept if not any(VARIANTS[c].parent == p for c in cfg.variants[
+                    cfg.variants.index(name) + 1:])]:
+                del kept[parent]  # no later variant starts from it
             release_memory(device)
         row["seconds"] = time.perf_counter() - t0
         if name == "base-ft":
@@ -239,6 +326,7 @@ def _row_line(row: dict) -> str:
     lat = ", ".join(f"prefill {p['seq_len']}: {p['latency_ms']:.1f} ms" for p in row.get("prefill", [])
                     if p["latency_ms"] is not None)
     dec = f"{row['decode_tok_s']:.1f} tok/s" if row.get("decode_tok_s") else \
-        ("decode failed" if "decode_tok_s" in row else "not timed")
+        ("decode failed" if "decode_tok_s" in row else
+         (f"as {row['speed_of']} (same kernels)" if row.get("speed_of") else "not timed"))
     return (f"  {row['variant']:<9} ppl {row['ppl']:.3f}  size {row['size_mb']:.1f} MB  {lat}  decode {dec}  "
             f"checks {'ok' if row.get('checks_ok') else 'FAILED'}  ({row['seconds']:.0f} s)")

@@ -10,12 +10,26 @@ from labkit.measure.stats import format_spread, paired_differences, per_seed, sp
 EIGHTY_GB_GIB = 80e9 / 2**30  # an "80 GB" H100 in GiB
 
 
+QAT_VARIANTS = ("qat-w8a8", "qat-w8", "qat-fp8", "qat-w8-labkit")
+"""The QAT variants judged against the equally fine-tuned float model (and against PTQ of their own mode)."""
+
+
+def _mode_words(mode: str, row: dict | None) -> str:
+    """How a target names a mode: 'w8a8', 'fp8, fake-quantized' (no FP8 kernels ran), 'w8, labkit kernel'."""
+    if mode == "w8-labkit":
+        return "w8, labkit kernel"
+    if mode == "fp8" and row is not None and row.get("fp8_numerics") == "fake":
+        return "fp8, fake-quantized"
+    return mode
+
+
 def evaluate_targets(rows: list[dict], shape_rows: list[dict] | None = None, long_len: int = 32768,
                      runs: list[list[dict]] | None = None) -> list[dict]:
     """The lab's hybrid targets, judged from measured rows: each has "verdict" and "met" (True / False / None).
 
-    QAT perplexity within 1% of the float model fine-tuned alike (INT8 costs almost nothing) and better than
-    PTQ of the same layers (QAT earns its training); on the big shape, INT8 feed-forward weights at most 0.7x
+    QAT perplexity (INT8 w8a8 / w8, FP8 row-wise, INT8 w8 on labkit's kernel) within 1% of the float model
+    fine-tuned alike (8-bit costs almost nothing) and better than PTQ of the same layers and mode (QAT earns its
+    training); on the big shape, INT8 feed-forward weights at most 0.7x
     bf16 and 32k tokens within an 80 GB card (the memory the hybrid buys).
     `runs`: the rows of every seed (default: `rows` alone). Perplexity targets are judged on the per-seed
     differences: met / missed only with >= 3 seeds and a mean farther from the limit than the spread."""
@@ -28,23 +42,26 @@ def evaluate_targets(rows: list[dict], shape_rows: list[dict] | None = None, lon
         values = per_seed(runs, variant, "ppl")
         return format_spread(spread(values), 3) if values else "n/a"
 
-    for mode in ("w8a8", "w8"):
-        qat = by.get(f"qat-{mode}")
+    for qat_name in QAT_VARIANTS:
+        mode = qat_name.removeprefix("qat-")
+        qat = by.get(qat_name)
+        what = _mode_words(mode, qat)
         if qat and ref:
-            gaps = [100 * (q / f - 1) for q, f in zip(*_paired(runs, f"qat-{mode}", "base-ft"))]
+            gaps = [100 * (q / f - 1) for q, f in zip(*_paired(runs, qat_name, "base-ft"))]
             v = verdict(gaps, 1.0, at_least=False)
-            out.append({"target": f"QAT ({mode}) perplexity within 1% of the equally fine-tuned float model",
-                        "measured": f"QAT {ppl_of(f'qat-{mode}')} vs {ppl_of('base-ft')}; gap per seed "
-                                    f"{verdict_text(v)} %", "verdict": v["verdict"], "met": v["met"], "seeds": v["n"]})
-        for other, label in ((f"ptq-{mode}", f"QAT ({mode}) perplexity better than PTQ ({mode}) of the same layers"),
-                             (f"ft-ptq-{mode}", f"(stricter) QAT ({mode}) better than fine-tune-then-PTQ ({mode})")):
+            out.append({"target": f"QAT ({what}) perplexity within 1% of the equally fine-tuned float model",
+                        "measured": f"QAT {ppl_of(qat_name)} vs {ppl_of('base-ft')}; gap per seed "
+                                    f"{verdict_text(v)} %", "verdict": v["verdict"], "met": v["met"], "seeds": v["n"],
+                        "variant": qat_name})
+        for other, label in ((f"ptq-{mode}", f"QAT ({what}) perplexity better than PTQ ({mode}) of the same layers"),
+                             (f"ft-ptq-{mode}", f"(stricter) QAT ({what}) better than fine-tune-then-PTQ ({mode})")):
             if qat and by.get(other):
-                diffs = paired_differences(runs, other, f"qat-{mode}", "ppl")  # > 0: QAT is better
+                diffs = paired_differences(runs, other, qat_name, "ppl")  # > 0: QAT is better
                 v = verdict(diffs, 0.0, at_least=True)
                 out.append({"target": label,
-                            "measured": f"QAT {ppl_of(f'qat-{mode}')} vs {ppl_of(other)}; {other} - QAT per seed "
+                            "measured": f"QAT {ppl_of(qat_name)} vs {ppl_of(other)}; {other} - QAT per seed "
                                         f"{verdict_text(v, 3)}", "verdict": v["verdict"], "met": v["met"],
-                            "seeds": v["n"]})
+                            "seeds": v["n"], "variant": qat_name})
     shape_rows = shape_rows or []
     shape = shape_rows[0]["model"] if shape_rows else ""
     weights = {r["mode"]: r["weight_gib"] for r in shape_rows if r.get("weight_gib") is not None}
@@ -156,6 +173,28 @@ def checks_table(checks: dict[str, dict]) -> pd.DataFrame:
 def rows_table(rows: list[dict], digits: int | None = 2) -> pd.DataFrame:
     """Result rows as a DataFrame indexed by variant; floats rounded to `digits` for reading (None: as measured)."""
     table = pd.DataFrame(rows).set_index("variant")
+    return table if digits is None else table.round(digits)
+
+
+def ppl_paths_table(rows: list[dict], digits: int | None = 4) -> pd.DataFrame:
+    """How each variant's perplexity was computed, and for a fast path its check against the real model on one
+    batch: NLL and mean logit differences (relative), next-token agreement, the tolerance, and both forwards'
+    seconds. Empty when no row says (files written before the paths were recorded)."""
+    out = []
+    for r in rows:
+        if "ppl_path" not in r:
+            continue
+        check = r.get("ppl_check") or {}
+        tol = check.get("tolerance") or {}
+        out.append({"variant": r["variant"], "ppl_path": r["ppl_path"], "fp8_numerics": r.get("fp8_numerics"),
+                    "check_ok": check.get("ok"), "nll_rel_diff": check.get("nll_rel_diff"),
+                    "logit_rel_diff": check.get("logit_rel_diff"), "top1_agreement": check.get("top1_agreement"),
+                    "tolerance": ", ".join(f"{k} {v:g}" for k, v in tol.items()) or None,
+                    "real_s": check.get("real_s"), "fast_s": check.get("fast_s")})
+    table = pd.DataFrame(out)
+    if table.empty:
+        return table
+    table = table.set_index("variant").dropna(axis=1, how="all")
     return table if digits is None else table.round(digits)
 
 
