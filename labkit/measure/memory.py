@@ -100,6 +100,8 @@ class GpuMemoryCap:
         if cap_bytes is not None and not cap_bytes > 0:
             raise ValueError(f"memory cap must be above 0 bytes, got {cap_bytes}")
         self.cap_bytes, self.device = cap_bytes, torch.device(device)
+        # set_per_process_memory_fraction wants an index, not a bare "cuda"
+        self.index: int | None = self.device.index
         self.fraction: float | None = None
         self.total_bytes: int | None = None
 
@@ -110,12 +112,13 @@ class GpuMemoryCap:
         if self.cap_bytes < self.total_bytes:
             self.fraction = self.cap_bytes / self.total_bytes
             release_memory(self.device)
-            torch.cuda.set_per_process_memory_fraction(self.fraction, self.device)
+            self.index = torch.cuda.current_device() if self.index is None else self.index
+            torch.cuda.set_per_process_memory_fraction(self.fraction, self.index)
         return self
 
     def __exit__(self, *exc) -> None:
         if self.fraction is not None:
-            torch.cuda.set_per_process_memory_fraction(1.0, self.device)
+            torch.cuda.set_per_process_memory_fraction(1.0, self.index)
 
     def as_dict(self) -> dict:
         return {"cap_gib": None if self.cap_bytes is None else self.cap_bytes / GIB, "fraction": self.fraction,
