@@ -7,12 +7,22 @@ calibration and loses little. Through torchao:
 
     quantize_(model, fp8_rowwise_config(), filter_fn=...)              post-training, dynamic activations
     prepare_fp8_qat(model, layers) -> fine-tune -> convert_fp8_qat(model)  its QAT counterpart (fake FP8)
+
+QAT rounds straight through: the gradient passes the fake quantizer unchanged, each row's scale a constant, as
+in the INT8 fake quantizers (`StraightThroughFloat8FakeQuantizer`).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torchao.quantization.qat.fake_quantizer import Float8FakeQuantizer
+from torchao.quantization.quant_primitives import (
+    _choose_scale_float8,
+    _dequantize_affine_float8,
+    _quantize_affine_float8,
+)
+from torchao.quantization.utils import get_block_size
 
 from labkit.quant.selection import LayerSelection, selection_filter
 
@@ -50,13 +60,49 @@ def quantize_fp8_rowwise(model: nn.Module, layers: LayerSelection = None) -> nn.
     return model
 
 
+class _Float8RoundTrip(torch.autograd.Function):
+    """Row-wise e4m3 quantize + dequantize in the forward pass; the identity in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, granularity, float8_dtype: torch.dtype, lb: float | None,
+                ub: float | None) -> torch.Tensor:
+        scale = _choose_scale_float8(x, get_block_size(x.shape, granularity), float8_dtype, hp_value_lb=lb,
+                                     hp_value_ub=ub)
+        return _dequantize_affine_float8(_quantize_affine_float8(x, scale, float8_dtype), scale, x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None, None, None, None
+
+
+class StraightThroughFloat8FakeQuantizer(Float8FakeQuantizer):
+    """torchao's FP8 fake quantizer with the same forward numerics (those of Float8Tensor: scale = row absmax /
+    448, e4m3 rounding) and a true straight-through backward: the gradient passes unchanged, the scale a constant.
+
+    torchao's own backward runs through the float8 cast: the gradient itself is cast to e4m3 without a scale,
+    so a weight's gradient (times its ~1e-4 scale) underflows to zero and the selected layers never train, and
+    the activations' gradients reach the layers below rounded to 3 mantissa bits."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        cfg = self.config
+        return _Float8RoundTrip.apply(x, cfg.granularity, cfg.dtype, cfg.hp_value_lb, cfg.hp_value_ub)
+
+
 def prepare_fp8_qat(model: nn.Module, layers: LayerSelection = None) -> nn.Module:
     """QAT for FP8 row-wise: fake-quantize weights and activations of the selected layers to FP8 (runs anywhere
-    torch has float8 dtypes, CPU included); train, then `convert_fp8_qat`."""
+    torch has float8 dtypes, CPU included); train, then `convert_fp8_qat`. The fake quantizers are torchao's with a
+    straight-through backward (`StraightThroughFloat8FakeQuantizer`): the same forward, a gradient that trains."""
     from torchao.quantization import quantize_
     from torchao.quantization.qat import QATConfig
 
     quantize_(model, QATConfig(fp8_rowwise_config(), step="prepare"), filter_fn=selection_filter(model, layers))
+    for mod in model.modules():
+        for attr in ("activation_fake_quantizer", "weight_fake_quantizer"):
+            fq = getattr(mod, attr, None)
+            if type(fq) is Float8FakeQuantizer:
+                setattr(mod, attr, StraightThroughFloat8FakeQuantizer(fq.config))
     return model
 
 
@@ -82,5 +128,5 @@ def fp8_modules(model: nn.Module) -> list[str]:
     return out
 
 
-__all__ = ["convert_fp8_qat", "fp8_modules", "fp8_rowwise_config", "fp8_unavailable_reason", "prepare_fp8_qat",
-           "quantize_fp8_rowwise"]
+__all__ = ["StraightThroughFloat8FakeQuantizer", "convert_fp8_qat", "fp8_modules", "fp8_rowwise_config",
+           "fp8_unavailable_reason", "prepare_fp8_qat", "quantize_fp8_rowwise"]
