@@ -115,6 +115,64 @@ def test_fp8_and_labkit_rows_exist_are_labelled_and_checked(tiny, blocks):
     assert "QAT (w8, labkit kernel) perplexity within 1% of the equally fine-tuned float model" in targets
 
 
+def test_fp8_fake_quantizer_passes_the_gradient_straight_through():
+    """QAT's gradient through an FP8 fake-quantized Linear is the float gradient at the rounded weights and inputs.
+    A backward through the float8 cast would round the gradient itself to e4m3 without a scale: a weight
+    gradient times the weight's ~1e-4 scale underflows to zero and the layer never trains."""
+    from labkit.quant.fp8 import prepare_fp8_qat
+
+    g = torch.Generator().manual_seed(0)
+    layer = torch.nn.Sequential(torch.nn.Linear(64, 32, bias=False))
+    with torch.no_grad():
+        layer[0].weight.copy_(torch.randn(32, 64, generator=g) * 0.02)  # an LLM's weight scale
+    prepare_fp8_qat(layer)
+    fq = layer[0]
+    x = torch.randn(8, 64, generator=g, requires_grad=True)
+    up = torch.randn(8, 32, generator=g) * 1e-3  # the gradient arriving from the loss
+    (fq(x) * up).sum().backward()
+    with torch.no_grad():
+        x_q, w_q = fq.activation_fake_quantizer(x), fq.weight_fake_quantizer(fq.weight)
+    assert not torch.equal(w_q, fq.weight)  # the forward does round to FP8
+    torch.testing.assert_close(fq.weight.grad, up.T @ x_q, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(x.grad, up @ w_q, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_qat_fp8_trains_the_selected_layers_and_the_fp8_convert_keeps_the_trained_weights(tiny, blocks, monkeypatch):
+    """After the same short fine-tune, qat-fp8's selected weights moved about as far as base-ft's, and the FP8
+    convert of the GPU path (its hardware check mocked: the conversion itself runs anywhere) holds exactly the
+    FP8 rounding of the trained weights that the fake-quantized (CPU) path evaluates."""
+    import torchao.quantization.quant_api as quant_api
+
+    from labkit.experiments.hybrid import pipeline
+
+    _, train = blocks
+    cfg = _cfg(train_steps=3)
+    sel = [n for n, _ in tiny.named_modules() if n.endswith(("gate_proj", "up_proj", "down_proj"))]
+    master = dict(tiny.named_modules())
+    ft, _ = hy.make_variant(tiny, "base-ft", cfg, sel, train, progress=False)
+    fake, info = hy.make_variant(tiny, "qat-fp8", cfg, sel, train, progress=False)
+    assert info["fp8_numerics"] == "fake" and len(info["losses"]) == 3
+    fake_mods, ft_mods = dict(fake.named_modules()), dict(ft.named_modules())
+    for name in sel:
+        w0 = master[name].weight.to(torch.bfloat16).float()
+        moved_qat = (fake_mods[name].weight.float() - w0).norm()
+        moved_ft = (ft_mods[name].weight.float() - w0).norm()
+        assert moved_qat > 0.5 * moved_ft > 0, (name, float(moved_qat), float(moved_ft))
+
+    monkeypatch.setattr(pipeline, "_fp8_numerics", lambda device: "real")
+    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda granularity: None)
+    real, info = hy.make_variant(tiny, "qat-fp8", cfg, sel, train, progress=False)
+    assert info["fp8_numerics"] == "real" and info["checks"]["fp8_layers"] == len(sel)
+    real_mods = dict(real.named_modules())
+    for name in sel:
+        converted = real_mods[name].weight.dequantize()
+        with torch.no_grad():
+            expected = fake_mods[name].weight_fake_quantizer(fake_mods[name].weight)
+        assert converted.dtype == expected.dtype == torch.bfloat16
+        assert torch.equal(converted, expected), name
+
+
 def test_a_variant_without_the_model_it_starts_from_is_refused(tiny, blocks):
     test, train = blocks
     with pytest.raises(ValueError, match="'qat-w8-labkit' starts from 'qat-w8'"):
