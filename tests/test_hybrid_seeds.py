@@ -126,21 +126,30 @@ def test_bench_resumes_finished_seeds(tmp_path, monkeypatch):
 
 
 def test_committed_files_are_judged_again():
-    """The committed single-seed files said met/missed on differences finer than the noise; read back, they get
-    no verdict on perplexity/accuracy (exact quantities such as weight size keep theirs)."""
+    """Committed files are judged again by today's rules: a file with fewer than 3 seeds gets no verdict on
+    perplexity/accuracy (its differences are finer than the noise it cannot show); a 3-seed file gets one of
+    met / missed / within noise. Exact quantities such as weight size keep theirs."""
     from labkit.experiments.qat_bert.report import file_targets as qat_file_targets
     from labkit.results.reference import reference_dir
 
     import json
 
     ref = reference_dir()
-    for name in ("hybrid_h200.json", "hybrid_cpu.json"):
-        path = ref / name
-        if path.is_file():
-            checks = hy.file_targets(json.loads(path.read_text()))
-            assert all(t["verdict"] == "no verdict" for t in checks if "perplexity" in t["target"]
-                       or "fine-tune-then-PTQ" in t["target"]), name
+    for path in sorted(ref.glob("hybrid_*.json")):
+        data = json.loads(path.read_text())
+        if data.get("experiment") != "hybrid":
+            continue  # hybrid_qat_fsdp_* is another experiment
+        n_seeds = len(data.get("config", {}).get("seeds") or [data.get("config", {}).get("seed", 0)])
+        quality = [t for t in hy.file_targets(data) if "perplexity" in t["target"] or "fine-tune-then-PTQ" in t["target"]]
+        assert quality, path.name
+        allowed = {"no verdict"} if n_seeds < 3 else {"met", "missed", "within noise"}
+        assert {t["verdict"] for t in quality} <= allowed, (path.name, n_seeds, [t["verdict"] for t in quality])
     path = ref / "qat_bert_cpu.json"
     if path.is_file():
-        acc = qat_file_targets(json.loads(path.read_text()))[0]
-        assert acc["verdict"] == "no verdict" and "n=1" in acc["measured"]
+        data = json.loads(path.read_text())
+        acc = qat_file_targets(data)[0]
+        n_seeds = len(data.get("seeds") or [0])
+        if n_seeds < 3:
+            assert acc["verdict"] == "no verdict" and f"n={n_seeds}" in acc["measured"]
+        else:
+            assert acc["verdict"] in {"met", "missed", "within noise"} and "n=3" in acc["measured"], acc
