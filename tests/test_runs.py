@@ -296,3 +296,27 @@ def test_interrupted_hybrid_run_resumes_with_the_missing_variants(in_tmp, monkey
     assert data["status"] == "complete"
     assert [r["variant"] for r in data["rows"]] == ["base", "base-ft", "ptq-w8a8", "ft-ptq-w8a8"]
     assert set(data["checks"]) == {"base", "base-ft", "ptq-w8a8", "ft-ptq-w8a8"}
+
+
+def test_a_resume_that_measures_nothing_keeps_the_measuring_machines_provenance(tmp_path):
+    """A run measured on one machine and resumed (only to finish and publish it) on another keeps the first
+    machine's provenance on top, lists both attempts, and names the finishing one."""
+    from labkit.results.run import Run
+
+    json_path, jsonl_path = tmp_path / "result.json", tmp_path / "result.jsonl"
+    measured = {"provenance": {"device_name": "NVIDIA H100", "cpu": "Xeon", "threads": 16, "command": "first"}}
+    with Run(measured, json_path, jsonl_path) as run:
+        run.record("row", {"x": 1})
+    finished = {"provenance": {"device_name": "AMD EPYC", "cpu": "AMD EPYC", "threads": 2, "command": "second"}}
+    with Run(finished, json_path, jsonl_path, resume=True) as run:
+        run.record("result", {"summary": "restated"})  # the summary row is not a measurement
+    data = json.loads(json_path.read_text())
+    assert data["provenance"]["device_name"] == "NVIDIA H100" and data["provenance"]["threads"] == 16
+    assert data["provenance"]["finished_by"]["command"] == "second"
+    assert [a["measurements"] for a in data["attempts"]] == [1, 0]
+    # a resume that does measure describes itself
+    again = {"provenance": {"device_name": "AMD EPYC", "command": "third"}}
+    with Run(again, json_path, jsonl_path, resume=True) as run:
+        run.record("row", {"x": 2})
+    data = json.loads(json_path.read_text())
+    assert data["provenance"]["command"] == "third" and len(data["attempts"]) == 3

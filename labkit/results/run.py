@@ -12,6 +12,7 @@ interrupted or failed run from its JSONL, skipping what it already measured.
 from __future__ import annotations
 
 import datetime
+import json
 import signal
 import sys
 import threading
@@ -76,6 +77,22 @@ def run_paths(experiment: str, device_slug: str, out: str | Path | None = None, 
     return json_path, jsonl_path
 
 
+SUMMARY_KINDS = ("result",)  # rows that restate the summary: not measurements
+
+
+def _earlier_attempts(json_path: Path) -> list[dict]:
+    """The attempts an earlier run of this result file recorded, each with the provenance it ran under; a file
+    from before attempts were kept counts as one attempt that measured."""
+    try:
+        old = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if old.get("attempts"):
+        return [dict(a) for a in old["attempts"]]
+    prov = old.get("provenance")
+    return [{"provenance": prov, "measurements": None}] if isinstance(prov, dict) else []
+
+
 def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -96,6 +113,10 @@ class Run:
                       files={"result": str(self.json_path), "measurements": str(self.jsonl_path)})
         if resume:
             result["resumed"] = {"measurements_reused": len(self.previous)}
+        # every attempt of the run (first run, each --resume) with what it measured; the summary's provenance
+        # must describe the machine that made the numbers, not one that only resumed and published them
+        self.measured = 0
+        self.earlier_attempts = _earlier_attempts(self.json_path) if resume else []
 
     # -- measurements -------------------------------------------------------------------------------------------
 
@@ -106,6 +127,7 @@ class Run:
     def record(self, kind: str, row: dict) -> None:
         """Append one finished measurement to the JSONL (flushed to disk), then rewrite the summary."""
         append_jsonl(self.jsonl_path, {"kind": kind, **row})
+        self.measured += kind not in SUMMARY_KINDS
         self.save()
 
     def save(self) -> None:
@@ -129,7 +151,23 @@ class Run:
         status = status or ("failed" if self.failures else "complete")
         self.result["status"] = status
         self.result["reason"] = reason or ("; ".join(self.failures) if self.failures else None)
+        self._note_attempt()
         self.save()
+
+    def _note_attempt(self) -> None:
+        """Record this attempt in `attempts`; an attempt that measured nothing (a resume that only finished or
+        published the run) keeps the provenance of the last attempt that did measure."""
+        here = self.result.get("provenance")
+        if not isinstance(here, dict):
+            return
+        here = {k: v for k, v in here.items() if k != "finished_by"}
+        if self.measured == 0:
+            measuring = [a for a in self.earlier_attempts if a.get("measurements") != 0 and a.get("provenance")]
+            if measuring:
+                here = {**here, "note": "measured nothing: resumed a run whose measurements were all made"}
+                self.result["provenance"] = {**measuring[-1]["provenance"], "finished_by": {
+                    k: here.get(k) for k in ("date", "command", "device_name", "cpu", "threads")}}
+        self.result["attempts"] = [*self.earlier_attempts, {"provenance": here, "measurements": self.measured}]
 
     def __enter__(self) -> Run:
         self.save()
