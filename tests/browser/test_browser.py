@@ -127,15 +127,25 @@ POINTS_JS = """(el) => { const gd = el.querySelector('.js-plotly-plot'); if (!gd
                 .reduce((n, t) => n + (t.x ? t.x.length : 0), 0); }"""
 
 
+WATCH_JS = """(el) => { const gd = el.querySelector('.js-plotly-plot'); window.__labkitCounts = [];
+  if (!gd || !gd.on) return false;
+  const count = () => (gd.data || []).filter((t) => (t.mode || '').includes('lines') && (t.mode || '').includes('markers'))
+                .reduce((n, t) => n + (t.x ? t.x.length : 0), 0);
+  gd.on('plotly_afterplot', () => window.__labkitCounts.push(count())); return true; }"""
+
+
 def check_live_sweep(page, live) -> list[str]:
     """Short lengths, Run sweep: the FigureWidget gains points one by one; the status says when it is done and
     that the cells below still show the earlier run."""
     lengths = live.locator("input[placeholder*='512,1024']").first
-    lengths.fill("64")  # two points (eager, sdpa): enough to see it grow, short on a CPU
+    lengths.fill("64,96")  # four points (eager, sdpa at two lengths): enough to see it grow, short on a CPU
     lengths.press("Tab")
     time.sleep(1.0)
     status = live.locator(".widget-html").first
     button = live.get_by_role("button", name=re.compile("Run sweep"))
+    # every redraw of the figure records its point count, so a sweep faster than the polling below is still seen
+    # growing (polling alone saw [0, 2] for two quick points on an idle machine)
+    watching = live.evaluate(WATCH_JS)
     button.click()
     seen, started, deadline = [], False, time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -144,8 +154,9 @@ def check_live_sweep(page, live) -> list[str]:
         if ("done:" in status.inner_text() or (started and button.is_enabled())) and len(seen) > 2:
             break  # the widget says it is done, or at least gave its button back
         time.sleep(0.25)
-    counts = sorted(set(seen))
-    print(f"live sweep: point counts seen after Run sweep: {counts}; status {status.inner_text()[:120]!r}")
+    redraws = page.evaluate("() => window.__labkitCounts || []") if watching else []
+    counts = sorted(set(seen) | set(redraws))
+    print(f"live sweep: point counts seen after Run sweep: {counts} ({len(redraws)} redraws); status {status.inner_text()[:120]!r}")
     problems = []
     if "done:" not in status.inner_text():
         problems.append(f"the live sweep did not finish: {status.inner_text()!r}")
