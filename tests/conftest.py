@@ -112,3 +112,22 @@ def pytest_collection_modifyitems(config, items):
     if twice:
         config.hook.pytest_deselected(items=twice)
         items[:] = [item for item in items if item not in twice]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny random-weight Llama on the CPU (float32), shared by the hybrid tests of one module."""
+    import torch
+
+    from labkit.models import build_from_shape
+
+    return build_from_shape("tiny-llama", dtype=torch.float32, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def blocks():
+    """(train, eval) token blocks for `tiny`: 4 and 8 rows of 32 tokens, seeded."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (4, 32), generator=g), torch.randint(0, 256, (8, 32), generator=g)

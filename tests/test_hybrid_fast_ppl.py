@@ -15,16 +15,6 @@ from labkit.quant import emulate
 from labkit.quant.ptq import quantize_dynamic_int8
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return build_from_shape("tiny-llama", dtype=torch.float32, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def blocks():
-    g = torch.Generator().manual_seed(0)
-    return torch.randint(0, 256, (4, 32), generator=g), torch.randint(0, 256, (8, 32), generator=g)
-
 
 def _cfg(**kw):
     base = dict(seq_len=32, train_steps=2, train_batch=2, eval_batch=4, prefill_lengths=(32,), prefill_repeat=1,

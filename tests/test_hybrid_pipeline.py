@@ -9,23 +9,12 @@ import json
 import pytest
 import torch
 
-from labkit.models import build_from_shape
 from labkit.experiments import hybrid as hy
 from labkit.lm import fine_tune
 from labkit.quant.selection import EmptySelectionError
 
 FF = [f"model.layers.{b}.mlp.{r}_proj" for b in (0, 1) for r in ("gate", "up", "down")]
 
-
-@pytest.fixture(scope="module")
-def tiny():
-    return build_from_shape("tiny-llama", dtype=torch.float32, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def blocks():
-    g = torch.Generator().manual_seed(0)
-    return torch.randint(0, 256, (4, 32), generator=g), torch.randint(0, 256, (8, 32), generator=g)
 
 
 def _cfg(**kw):
