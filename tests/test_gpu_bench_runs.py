@@ -94,15 +94,6 @@ def test_triton_fa2_bad_arguments_exit_2_before_work(argv, expected, in_tmp, cap
     assert _snapshot() == before
 
 
-def test_triton_fa2_without_a_gpu_is_a_usage_error(in_tmp, capsys):
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is visible")
-    assert "needs an NVIDIA GPU" in _usage_error(capsys, FA2)
-    assert not (in_tmp / "runs").exists() and not (in_tmp / "build").exists()
-
-
 def test_triton_fa2_writes_a_run_folder_and_appends_each_measurement(in_tmp, fake_fa2):
     calls, _ = fake_fa2
     before = _snapshot()
@@ -205,6 +196,17 @@ def fake_fast8bit(monkeypatch):
 F8 = ["fast8bit", "--profile", "quick"]
 
 
+@pytest.mark.parametrize("argv", [FA2, F8], ids=["triton-fa2", "fast8bit"])
+def test_gpu_benchmark_without_a_gpu_is_a_usage_error(argv, in_tmp, capsys):
+    """triton-fa2 and fast8bit need an NVIDIA GPU: without one they exit 2 and write nothing."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    assert "needs an NVIDIA GPU" in _usage_error(capsys, argv)
+    assert not (in_tmp / "runs").exists() and not (in_tmp / "build").exists()
+
+
 @pytest.mark.parametrize("argv, expected", [
     (["--parts", "kernel,nope"], "--parts 'kernel,nope': unknown part(s) ['nope']"),
     (["--ms", "1,0"], "--ms '1,0'"),
@@ -219,15 +221,6 @@ def test_fast8bit_bad_arguments_exit_2_before_work(argv, expected, in_tmp, capsy
     assert expected in _usage_error(capsys, [*F8, *argv])
     assert fake_fast8bit[0] == [] and not (in_tmp / "runs").exists() and not (in_tmp / "build").exists()
     assert _snapshot() == before
-
-
-def test_fast8bit_without_a_gpu_is_a_usage_error(in_tmp, capsys):
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is visible")
-    assert "needs an NVIDIA GPU" in _usage_error(capsys, F8)
-    assert not (in_tmp / "runs").exists() and not (in_tmp / "build").exists()
 
 
 def test_fast8bit_cut_short_then_resumed_skips_finished_measurements(in_tmp, fake_fast8bit):

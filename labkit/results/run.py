@@ -160,11 +160,10 @@ class Run:
         here = self.result.get("provenance")
         if not isinstance(here, dict):
             return
-        here = {k: v for k, v in here.items() if k != "finished_by"}
         if self.measured == 0:
             measuring = [a for a in self.earlier_attempts if a.get("measurements") != 0 and a.get("provenance")]
             if measuring:
-                here = {**here, "note": "measured nothing: resumed a run whose measurements were all made"}
+                here = {**here, "note": "measured nothing: every measurement was made by an earlier attempt"}
                 self.result["provenance"] = {**measuring[-1]["provenance"], "finished_by": {
                     k: here.get(k) for k in ("date", "command", "device_name", "cpu", "threads")}}
         self.result["attempts"] = [*self.earlier_attempts, {"provenance": here, "measurements": self.measured}]
