@@ -91,6 +91,24 @@ def test_resume_skips_finished_seeds_and_stages(stand_ins, tmp_path):
     assert len(again["latency"]) == 3 and again["profile_int8"] and again["targets"] == data["targets"]
 
 
+def test_resume_checks_models_only_for_the_seeds_it_still_measures(stand_ins, tmp_path, monkeypatch):
+    """A resumed run may load its last seed from another `bench qat` run: --models-from is checked for the seeds
+    still to measure, not for those the run already holds."""
+    out = tmp_path / "run" / "result.json"
+    assert _deploy("--seeds", "0", "--out", str(out), "--stages", "accuracy") == 0
+    other = tmp_path / "qat_seed1"
+    other.mkdir()
+    checked = []
+    monkeypatch.setattr(training, "check_models_from", lambda folder, seeds, model: checked.append(list(seeds)))
+    assert _deploy("--seeds", "0,1", "--out", str(out), "--resume", "--stages", "accuracy",
+                   "--models-from", str(other)) == 0
+    assert checked == [[1]] and stand_ins["accuracy"] == [0, 1] and _result(out)["seeds"] == [0, 1]
+    checked.clear()
+    fresh = tmp_path / "fresh" / "result.json"
+    assert _deploy("--seeds", "0,1", "--out", str(fresh), "--stages", "accuracy", "--models-from", str(other)) == 0
+    assert checked == [[0, 1]]  # a new run checks every seed
+
+
 def test_latency_stage_alone_on_an_accuracy_only_run(stand_ins, tmp_path):
     out = tmp_path / "gpu-run" / "result.json"
     assert _deploy("--seeds", "0,1", "--out", str(out), "--stages", "accuracy") == 0

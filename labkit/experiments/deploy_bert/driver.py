@@ -103,12 +103,13 @@ def check(args: argparse.Namespace) -> None:
         meta_model(cfg.model, "classifier")
     except UnknownModelError as err:
         raise ValueError(f"--model {cfg.model!r}: {err}") from None
-    if args.models_from is not None:
-        check_models_from(args.models_from, cfg.seeds if "accuracy" in args.stage_list else cfg.seeds[:1], cfg.model)
     check_run_options(args, EXPERIMENT, DEVICE, profile)
+    recorded = _recorded_kinds(args.paths[1]) if args.resume else {}
+    seeds_done = {r["seed"] for r in recorded.get("seed", [])}
+    if args.models_from is not None:  # only the seeds this call still has to load: a resume may take them elsewhere
+        wanted = [s for s in cfg.seeds if s not in seeds_done] if "accuracy" in args.stage_list else cfg.seeds[:1]
+        check_models_from(args.models_from, wanted, cfg.model)
     if getattr(args, "update_reference", False):
-        recorded = _recorded_kinds(args.paths[1]) if args.resume else {}
-        seeds_done = {r["seed"] for r in recorded.get("seed", [])}
         missing = [s for s in STAGES if s not in args.stage_list and not (
             set(cfg.seeds) <= seeds_done if s == "accuracy" else "latency_done" in recorded)]
         if missing:
