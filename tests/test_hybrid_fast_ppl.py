@@ -197,7 +197,8 @@ def test_new_variants_get_the_1_percent_verdict_over_seeds(variant, words):
 
 
 def _fake_run_hybrid(asked: list, stop_after: int | None, fail: tuple[str, ...] = ()):
-    """run_hybrid without a model: rows as they 'finish', Ctrl-C after `stop_after` rows, `fail` variants fail."""
+    """run_hybrid without a model: rows as they 'finish', Ctrl-C after `stop_after` rows; `fail` names variants that
+    fail on every seed, or (variant, seed) pairs that fail on that seed only."""
     from labkit.experiments.hybrid import HybridResult
 
     def fake(cfg, model, tokenizer, on_row=None, **kw):
@@ -207,8 +208,9 @@ def _fake_run_hybrid(asked: list, stop_after: int | None, fail: tuple[str, ...] 
             if len(res.rows) == stop_after:
                 raise KeyboardInterrupt
             row = {"variant": name, "method": "float", "ppl": 10.0, "prefill": [], "seed": cfg.seed}
-            res.rows.append(row | ({"error": "boom"} if name in fail else {}))
-            res.checks[name] = {"ok": name not in fail}
+            failed = name in fail or (name, cfg.seed) in fail
+            res.rows.append(row | ({"error": "boom"} if failed else {}))
+            res.checks[name] = {"ok": not failed}
             if on_row is not None:
                 on_row(res.rows[-1], res)
         return res
@@ -255,6 +257,29 @@ def test_a_failed_variant_does_not_cost_the_other_variants_their_seeds(tmp_path,
     assert data["status"] == "failed" and sorted(data["seed_rows"]) == ["0", "1", "2"]
 
 
+def test_a_variant_failing_on_a_later_seed_fails_the_run_and_resume_measures_that_seed_again(tmp_path, monkeypatch):
+    import json
+
+    import labkit.experiments.hybrid.bench as bench
+    from labkit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench, "load_causal_lm", lambda *a, **k: (object(), object()))
+    asked: list = []
+    monkeypatch.setattr(bench, "run_hybrid", _fake_run_hybrid(asked, stop_after=None, fail=(("qat-w8a8", 2),)))
+    out = tmp_path / "h" / "result.json"
+    argv = ["hybrid", "--profile", "quick", "--shape", "none", "--no-sensitivity", "--out", str(out),
+            "--variants", "base,base-ft,qat-w8a8", "--seeds", "0,1,2"]
+    assert main(argv) == 1  # seed 2's qat-w8a8 failed: not a complete run, so no reference can be made of it
+    data = json.loads(out.read_text())
+    assert data["status"] == "failed" and "seed 2" in data["reason"] and "qat-w8a8: boom" in data["reason"]
+    monkeypatch.setattr(bench, "run_hybrid", _fake_run_hybrid(asked, stop_after=None))
+    assert main(argv + ["--resume"]) == 0
+    assert asked[3:] == [(2, ("base-ft", "qat-w8a8"))]  # only the seed that failed is measured again
+    data = json.loads(out.read_text())
+    assert data["status"] == "complete" and not any("error" in r for r in data["seed_rows"]["2"])
+
+
 def test_the_kernel_check_catches_a_kernel_that_disagrees_with_the_prefill_path(tiny, monkeypatch):
     from torchao.quantization import quantize_
 
@@ -264,16 +289,30 @@ def test_the_kernel_check_catches_a_kernel_that_disagrees_with_the_prefill_path(
 
     if not triton_available("cpu")[0]:
         pytest.skip("Triton's CPU interpreter is not on (tests/conftest.py turns it on where triton is installed)")
-    model = _bf16(tiny)
-    quantize_(model, int8_linear.LabkitInt8WeightOnlyConfig(), filter_fn=lambda m, fqn: fqn.endswith("_proj") and ".mlp." in fqn)
+    import copy
+
+    from torchao.quantization import Int8WeightOnlyConfig, PerRow
+
+    def mlp(m, fqn):
+        return fqn.endswith("_proj") and ".mlp." in fqn
+
+    reference = _bf16(tiny)  # torchao INT8 weight-only: the model labkit's layers take their codes from
+    quantize_(reference, Int8WeightOnlyConfig(granularity=PerRow()), filter_fn=mlp)
+    model = copy.deepcopy(reference)
+    quantize_(model, int8_linear.LabkitInt8WeightOnlyConfig(), filter_fn=mlp)
     ids = torch.randint(0, 256, (32,), generator=torch.Generator().manual_seed(1))
     good = kernel_decode_check(model, ids, tokens=8)  # raised to 16: the forward over 17 takes the prefill path
-    assert good["ok"] is True and good["tokens"] == 17, good
+    assert good["ok"] is True and good["tokens"] == 17 and "forward" in good["against"], good
+    paired = kernel_decode_check(model, ids, tokens=8, reference=reference)  # against torchao's own decode
+    assert paired["ok"] is True and "decode" in paired["against"], paired
+    assert paired["reference_decode_vs_forward"]["top1_agreement"] > 0.9  # the decode-vs-prefill floor, recorded
     real_mm = int8_linear.int8_weight_only_mm
     # a plausible kernel bug: split-K partial sums added twice
     monkeypatch.setattr(int8_linear, "int8_weight_only_mm", lambda x, w, s: real_mm(x, w, s) * 2)
     bad = kernel_decode_check(model, ids, tokens=16)
     assert bad["ok"] is False and bad["logit_rel_diff"] > good["logit_rel_diff"], bad
+    bad = kernel_decode_check(model, ids, tokens=16, reference=reference)
+    assert bad["ok"] is False and bad["logit_rel_diff"] > paired["logit_rel_diff"], bad
 
 
 def test_bench_refuses_a_variant_without_its_parent_before_any_work(tmp_path, monkeypatch, capsys):

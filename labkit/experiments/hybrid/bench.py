@@ -277,7 +277,8 @@ def _more_seeds(cfg, model, tokenizer, result: dict, run_: Run, record, stage, f
     first = cfg.seeds[0]
     fixed = [r for r in result["rows"] if r["variant"] not in trained]
     seed_rows = {str(first): list(result["rows"])}
-    earlier = {r["seed"]: r["rows"] for r in run_.recorded("seed")}
+    # a seed whose rows hold a failed variant is measured again on --resume (earlier code recorded such seeds)
+    earlier = {r["seed"]: r["rows"] for r in run_.recorded("seed") if not _failed_rows(r["rows"])}
     for seed in cfg.seeds[1:]:
         if not trained:
             break
@@ -294,8 +295,18 @@ def _more_seeds(cfg, model, tokenizer, result: dict, run_: Run, record, stage, f
                 continue
             rows = res.rows
             record("seed", {"seed": seed, "rows": rows})
+        bad = _failed_rows(rows)
+        if bad:  # the run is not complete: its targets would rest on fewer seeds than asked for
+            run_.fail(f"seed {seed}: {len(bad)} variant(s) failed ("
+                      + "; ".join(f"{r['variant']}: {r.get('error', 'after-conversion checks failed')}"
+                                  for r in bad)[:400] + "); --resume measures this seed again")
         seed_rows[str(seed)] = rows + fixed
         result["seed_rows"] = dict(seed_rows)
+
+
+def _failed_rows(rows: list[dict]) -> list[dict]:
+    """The rows of variants that failed (an error, or their after-conversion checks)."""
+    return [r for r in rows if "error" in r or r.get("checks_ok") is False]
 
 
 def _sensitivity(model, tokenizer, cfg, profile: str) -> dict:

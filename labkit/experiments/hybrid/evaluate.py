@@ -12,8 +12,9 @@
         the layer's own forward, checked on the first batch against the torchao model it was converted from (same
         INT8 codes). Perplexity batches have thousands of tokens per call: there the layer dequantizes its codes
         once and calls the matmul library (its prefill path, on a GPU and a CPU alike); the Triton kernel runs
-        calls of <= 16 tokens (decode), which the speed columns time and `kernel_decode_check` compares with the
-        prefill path on real tokens (a GPU, or a CPU under Triton's interpreter).
+        calls of <= 16 tokens (decode), which the speed columns time and `kernel_decode_check` compares, decoding
+        token by token on real tokens, with the torchao model's own decode (a GPU, or a CPU under Triton's
+        interpreter).
     fp8 the model as converted: real FP8 kernels on a GPU with compute capability >= 8.9, fake quantization (the
         same e4m3 row-wise rounding in float arithmetic) elsewhere; the row says which.
     anything else: the converted model itself.
@@ -67,15 +68,40 @@ def _checked(fast: nn.Module, real: nn.Module, blocks: torch.Tensor, batch: int,
 
 KERNEL_CHECK_TOKENS = 32
 KERNEL_NLL_REL_TOL, KERNEL_TOP1_MIN, KERNEL_LOGIT_REL_TOL = 5e-3, 0.9, 5e-2
-"""Token-by-token decode (labkit's Triton kernel, one token per call) against one forward over the same tokens
-(the prefill path): different kernels and attention paths in bf16, so looser than the emulation's check."""
+"""Token-by-token decode on labkit's Triton kernel (one token per call) against the same decode of the model it was
+converted from (same INT8 codes, same attention and KV-cache path: only the matmul differs), in bf16."""
 
 
-def kernel_decode_check(model: nn.Module, ids: torch.Tensor, tokens: int = KERNEL_CHECK_TOKENS) -> dict:
+def _forward_and_decode(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits of one forward over `ids` [1, n], logits of a teacher-forced decode, one token per call with the
+    KV cache), both float32 [n, vocab]."""
+    with torch.inference_mode():
+        full = model(input_ids=ids, use_cache=False).logits[0].float()
+        out = model(input_ids=ids[:, :1], use_cache=True)
+        steps = [out.logits[0, -1].float()]
+        for t in range(1, ids.shape[1]):
+            out = model(input_ids=ids[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
+            steps.append(out.logits[0, -1].float())
+    return full, torch.stack(steps)
+
+
+def _agreement(a: torch.Tensor, b: torch.Tensor, target: torch.Tensor) -> dict:
+    """NLL of `a` and of `b` on `target`, their relative NLL and mean-logit difference, next-token agreement."""
+    nll_a = float(torch.nn.functional.cross_entropy(a[:-1], target))
+    nll_b = float(torch.nn.functional.cross_entropy(b[:-1], target))
+    return {"nll": nll_a, "nll_against": nll_b, "nll_rel_diff": abs(nll_a - nll_b) / max(abs(nll_b), 1e-12),
+            "logit_rel_diff": float((a - b).abs().mean()) / max(float(b.abs().mean()), 1e-12),
+            "top1_agreement": float((a.argmax(-1) == b.argmax(-1)).float().mean())}
+
+
+def kernel_decode_check(model: nn.Module, ids: torch.Tensor, tokens: int = KERNEL_CHECK_TOKENS,
+                        reference: nn.Module | None = None) -> dict:
     """Teacher-forced decode of the first `tokens` + 1 ids of one block, one token per call with the KV cache
-    (M = 1: labkit's Triton kernel where it runs), against one forward over the same ids (M > 16: dequantize +
-    matmul library, the path the perplexity takes). Returns the NLL of both, their agreement and `ok`; where the
-    kernel cannot run (a CPU without Triton's interpreter) `ok` is None and `kernel` says why."""
+    (M = 1: labkit's Triton kernel where it runs), judged against `reference`'s decode of the same ids (the torchao
+    model with the same codes: same attention and cache path, so only the matmul differs). Without a reference it
+    is judged against one forward of `model` over the ids (M > 16: the prefill path), which also carries the
+    bf16 differences between decode and prefill attention. Returns both comparisons and `ok`; where the kernel
+    cannot run (a CPU without Triton's interpreter) `ok` is None and `kernel` says why."""
     from labkit.quant.int8_kernel import SMALL_M, triton_available
 
     small_m = max([getattr(m, "small_m", SMALL_M) for m in model.modules() if hasattr(m, "weight_int8")] or [SMALL_M])
@@ -85,24 +111,25 @@ def kernel_decode_check(model: nn.Module, ids: torch.Tensor, tokens: int = KERNE
     if not usable:
         return {"ok": None, "kernel": f"not run: {why}"}
     ids = ids.reshape(-1)[: tokens + 1].unsqueeze(0).to(device)
-    with torch.inference_mode():
-        full = model(input_ids=ids, use_cache=False).logits[0].float()
-        out = model(input_ids=ids[:, :1], use_cache=True)
-        steps = [out.logits[0, -1].float()]
-        for t in range(1, ids.shape[1]):
-            out = model(input_ids=ids[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
-            steps.append(out.logits[0, -1].float())
-    step = torch.stack(steps)
     target = ids[0, 1:]
-    nll_full = float(torch.nn.functional.cross_entropy(full[:-1], target))
-    nll_step = float(torch.nn.functional.cross_entropy(step[:-1], target))
-    rel = abs(nll_step - nll_full) / max(abs(nll_full), 1e-12)
-    logit_rel = float((step - full).abs().mean()) / max(float(full.abs().mean()), 1e-12)
-    top1 = float((step.argmax(-1) == full.argmax(-1)).float().mean())
-    ok = rel <= KERNEL_NLL_REL_TOL and logit_rel <= KERNEL_LOGIT_REL_TOL and top1 >= KERNEL_TOP1_MIN
-    return {"ok": bool(ok), "kernel": why, "tokens": int(ids.shape[1]), "nll_decode": nll_step, "nll_forward": nll_full,
-            "nll_rel_diff": rel, "logit_rel_diff": logit_rel, "top1_agreement": top1,
-            "tolerance": {"nll_rel": KERNEL_NLL_REL_TOL, "top1_min": KERNEL_TOP1_MIN, "logit_rel": KERNEL_LOGIT_REL_TOL}}
+    full, step = _forward_and_decode(model, ids)
+    vs_forward = _agreement(step, full, target)
+    out = {"kernel": why, "tokens": int(ids.shape[1]), "nll_decode": vs_forward["nll"],
+           "nll_forward": vs_forward["nll_against"], "decode_vs_forward": vs_forward,
+           "tolerance": {"nll_rel": KERNEL_NLL_REL_TOL, "top1_min": KERNEL_TOP1_MIN, "logit_rel": KERNEL_LOGIT_REL_TOL}}
+    if reference is not None:
+        ref_full, ref_step = _forward_and_decode(reference, ids)
+        judged = _agreement(step, ref_step, target)
+        out.update(against="the reference model's own token-by-token decode (same codes, attention and cache: "
+                           "only the matmul differs)", nll_reference_decode=judged["nll_against"],
+                   reference_decode_vs_forward=_agreement(ref_step, ref_full, target))
+    else:
+        judged = vs_forward
+        out["against"] = "one forward of the same model over the same tokens (prefill path)"
+    ok = (judged["nll_rel_diff"] <= KERNEL_NLL_REL_TOL and judged["logit_rel_diff"] <= KERNEL_LOGIT_REL_TOL
+          and judged["top1_agreement"] >= KERNEL_TOP1_MIN)
+    return {"ok": bool(ok), **out, "nll_rel_diff": judged["nll_rel_diff"], "logit_rel_diff": judged["logit_rel_diff"],
+            "top1_agreement": judged["top1_agreement"]}
 
 
 def variant_perplexity(model: nn.Module, mode: str | None, blocks: torch.Tensor, batch: int, row: dict, *,
@@ -127,17 +154,19 @@ def variant_perplexity(model: nn.Module, mode: str | None, blocks: torch.Tensor,
         if reference is not None:
             _checked(model, reference, blocks, batch, row, "the torchao INT8 weight-only model with the same codes",
                      logit_rel_tol=LABKIT_LOGIT_REL_TOL)
-        row["kernel_check"] = kernel_decode_check(model, blocks[0])
+        row["kernel_check"] = kernel_decode_check(model, blocks[0], reference=reference)
         if row["kernel_check"]["ok"] is False:
             k = row["kernel_check"]
             raise PerplexityCheckError(
-                f"labkit's Triton kernel (token-by-token decode) disagrees with the forward over the same tokens: NLL "
-                f"{k['nll_decode']:.5f} vs {k['nll_forward']:.5f}, mean logit difference {k['logit_rel_diff']:.2e}, "
-                f"next-token agreement {k['top1_agreement']:.3f} (limits {k['tolerance']})")
+                f"labkit's Triton kernel (token-by-token decode) disagrees with {k['against']}: NLL "
+                f"{k['nll_decode']:.5f} vs {k.get('nll_reference_decode', k['nll_forward']):.5f}, mean logit "
+                f"difference {k['logit_rel_diff']:.2e}, next-token agreement {k['top1_agreement']:.3f} "
+                f"(limits {k['tolerance']})")
         ppl = perplexity(model, blocks, batch, progress=progress)
         row["ppl_path"] = ("labkit Int8WeightOnlyLinear: > 16 tokens per call, so int8 codes dequantized once + "
                            "matmul library (its prefill path); the Triton kernel (<= 16 tokens per call) is checked "
-                           "against it by a token-by-token decode of the first block's first tokens (kernel_check)")
+                           "by a token-by-token decode of the first block's first tokens against the torchao "
+                           "model's own decode (kernel_check)")
     else:
         ppl = perplexity(model, blocks, batch, progress=progress)
         row["ppl_path"] = {None: "the model itself", "w8a8": "the converted model (torchao INT8 kernels)",
