@@ -44,10 +44,12 @@ def stand_ins(tmp_path, monkeypatch):
         calls["accuracy"].append(seed)
         return {k: v for k, v in _seed_result(seed, ort=85.5 + 0.1 * seed).items() if k != "seed"}
 
-    def latency_table(models, artifacts, threads, *a, **k):
+    def latency_table(models, artifacts, threads, *a, compiled=True, **k):
         calls["latency"].append(threads)
+        ms = {"torch-fp32": 100.0, "ort-qat-int8": 30.0, "ort-peer-int8": 31.0}
+        names = [*models, *(f"{m}-compiled" for m in models if compiled), *artifacts]
         return [{"variant": v, "threads": threads, "batch": 8, "p10_ms": t * 0.9, "p50_ms": t, "p90_ms": t * 1.1}
-                for v, t in (("torch-fp32", 100.0), ("ort-qat-int8", 30.0), ("ort-peer-int8", 31.0))]
+                for v in names if (t := ms.get(v, 50.0))]
 
     def profile_int8(*a, **k):
         calls["profile"] += 1
@@ -60,7 +62,8 @@ def stand_ins(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "timing_models", lambda cfg: (Model(), Model()))
     monkeypatch.setattr("labkit.deploy.onnx_runtime.build_artifacts",
                         lambda fp32, qat, out: {k: {"path": "x"} for k in ("fp32", "qat-int8", "qat-int8-mha",
-                                                                           "qat-int8-unfused", "peer")})
+                                                                           "qat-int8-unfused", "qat-int8-exact",
+                                                                           "peer")})
     return calls
 
 
@@ -88,7 +91,7 @@ def test_resume_skips_finished_seeds_and_stages(stand_ins, tmp_path):
     assert _deploy("--seeds", "0,1,2", "--out", str(out), "--resume") == 0  # everything measured: nothing runs
     assert stand_ins["accuracy"] == [0, 1, 2] and stand_ins["latency"] == [1] and stand_ins["profile"] == 1
     again = _result(out)  # ... and the summary still holds what the earlier attempts measured
-    assert len(again["latency"]) == 3 and again["profile_int8"] and again["targets"] == data["targets"]
+    assert len(again["latency"]) == len(data["latency"]) == 10 and again["profile_int8"] and again["targets"] == data["targets"]
 
 
 def test_resume_checks_models_only_for_the_seeds_it_still_measures(stand_ins, tmp_path, monkeypatch):
@@ -122,6 +125,25 @@ def test_latency_stage_alone_on_an_accuracy_only_run(stand_ins, tmp_path):
     assert "untrained" in data["latency_info"]["models"]  # no models at hand: timing on the untrained conversion
     assert data["targets"][0]["verdict"] == "met"  # 30 / 100 ms, spread 0.25-0.37x: below 0.40x
     assert data["seed_results"]["0"]["n_eval"] == 872  # the accuracy stage's rows came through the JSONL
+
+
+def test_resume_measures_a_latency_table_again_when_it_lacks_a_variant(stand_ins, tmp_path):
+    """A run timed before a variant existed gets a new table at that thread count on --resume; the new table
+    replaces the old one (rows are never mixed across tables) and the seeds are kept."""
+    out = tmp_path / "run" / "result.json"
+    assert _deploy("--seeds", "0", "--out", str(out), "--no-compile") == 0
+    jsonl = out.with_suffix(".jsonl")
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    old = [r for r in rows if not (r["kind"] == "latency" and r["variant"] == "ort-qat-int8-exact")]
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in old))  # as written before the exact graph existed
+    assert _deploy("--seeds", "0", "--out", str(out), "--no-compile", "--resume") == 0
+    assert stand_ins["latency"] == [1, 1] and stand_ins["accuracy"] == [0]
+    data = _result(out)
+    variants = [r["variant"] for r in data["latency"]]
+    assert "ort-qat-int8-exact" in variants and len(variants) == len(set(variants))
+    assert driver.latency_tables([{"kind": "latency", "threads": 1, "variant": "x"}]) == {}  # cut short: dropped
+    assert _deploy("--seeds", "0", "--out", str(out), "--no-compile", "--resume") == 0
+    assert stand_ins["latency"] == [1, 1]  # complete now: not measured a third time
 
 
 def test_targets_over_seeds_three_way_match_verdict():

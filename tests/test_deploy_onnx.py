@@ -184,3 +184,29 @@ def test_each_tokens_largest_element_sits_on_a_rounding_tie():
     at_top = changed & (x.abs() == top)
     assert changed.any(-1).float().mean() > 0.05  # a code changes in many tokens ...
     assert at_top.sum() >= 0.9 * changed.sum()  # ... and almost always at the largest element
+
+
+def test_exact_graph_gives_the_unfused_logits_bit_for_bit(models, tmp_path):
+    """fusions="exact" (per-token scale inside MatMulIntegerToFloat, Add + Gelu, MultiHeadAttention) is a faster
+    form of fusions="none", not a new approximation: the logits are equal to the last bit, with and without padding,
+    so accuracy measured on the unfused graph holds for it."""
+    import onnx
+    import onnxruntime as ort
+
+    none = export_qat_int8(models[1], tmp_path / "none.onnx", fusions="none")
+    exact = export_qat_int8(models[1], tmp_path / "exact.onnx", fusions="exact")
+    assert exact["int8_linears"] == 37 and exact["fused"] == {"MultiHeadAttention": 6}
+    assert verify_int8_weights(exact["path"], models[1])["identical"]
+    ref, new = OnnxClassifier(none["path"]), OnnxClassifier(exact["path"])
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1000, 30522, (1, 37), generator=g)
+    one = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    for batch in (fixed_batch(), fixed_batch(n=4, t=64, pad_from=64), one):  # padded, full, batch of one
+        a, b = ref.run(ref.feeds(batch)), new.run(new.feeds(batch))
+        assert np.array_equal(a, b), np.abs(a - b).max()
+    so = session_options()  # what ORT makes of it: no Mul after the GEMMs, no BiasGelu, no separate attention ops
+    so.optimized_model_filepath = str(tmp_path / "exact_opt.onnx")
+    ort.InferenceSession(exact["path"], so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+    assert ops.count("Gelu") == 6 and "BiasGelu" not in ops and "Softmax" not in ops and "Transpose" not in ops
+    assert ops.count("Mul") < ops.count("MatMulIntegerToFloat")

@@ -16,6 +16,28 @@ Three artifacts, one recipe:
                 VNNI's instruction multiplies u8 by s8; with zero point 128 the integer products are identical.
                 Embedding tables become Gather on the INT8 table, times the gathered per-row scale.
                 Q, K and V keep their own INT8 projections and feed ORT's fused MultiHeadAttention.
+    QAT INT8, exact  `export_qat_int8(..., fusions="exact")`: the logits of fusions="none", bit for bit (the
+                same float operations on the same values, in the same order), in fewer and cheaper kernels.
+                Each step is exact by construction and checked with np.array_equal in tests/test_deploy_onnx.py:
+                  - the per-token scale goes into MatMulIntegerToFloat's A-scale input ([B, T, 1]): ORT then
+                    multiplies the GEMM output in place (its ScaleOutput, the same float product as the Mul
+                    node), instead of a separate Mul writing a new tensor: one Mul per Linear less.
+                  - the per-token scale is max(hi / 127.5, lo / -127.5, eps) in one 3-input Max, the same value
+                    as max(max(hi, -lo) / 127.5, eps) (correctly rounded division by a positive constant is
+                    monotone): one tiny node less per quantized tensor (Div, Div, Max for Neg, Max, Div, Max).
+                  - the bias in front of each GELU is stored [1, 1, N], so ORT keeps Add + Gelu instead of
+                    fusing BiasGelu, whose CPU kernel is about 2x slower here; both compute
+                    0.5 * (x + b) * (erf((x + b) * 0.70710677) + 1) with the same erf.
+                  - bias Adds read (activation, bias), not (bias, activation), so ORT may run them in place.
+                  - the exported attention (Q/K/V bias Adds, Reshape/Transpose, MatMul, scale, mask Add,
+                    Softmax, MatMul, Transpose/Reshape) becomes one MultiHeadAttention on the bias-free Q/K/V,
+                    the concatenated bias, the [B, T] padding mask, the exported scale and the exported mask
+                    value: the same MLAS SGEMMs (per element the same FMA chain over the head dimension), the
+                    same MlasComputeSoftmax, the bias added while transposing, the mask added through the
+                    GEMM's beta = 1 on a mask that is +0 at real tokens; no separate transposes or mask Add.
+                Attention stays float (QAT never simulated INT8 attention); the per-token INT8 codes and the
+                integer GEMMs are untouched. Not exact or not faster, so left out: one GEMM for Q, K and V
+                (exact, but the Split copy eats the gain), ReduceMax(Abs(x)) for the absmax (exact, slower).
     peer        `quantize_dynamic_peer`: ORT's own post-training `quantize_dynamic` (per-channel INT8 weights,
                 per-tensor dynamic u8 activations) of the FP32 export.
 """
@@ -143,9 +165,10 @@ def optimize_bert(src: str | Path, dst: str | Path, num_heads: int, hidden_size:
 class _Rewriter:
     """Replaces float MatMul/Gemm/Attention/Gather nodes whose weights are the dequantized QAT weights."""
 
-    def __init__(self, model, weights: Int8Weights):
+    def __init__(self, model, weights: Int8Weights, exact: bool = False, num_heads: int = 0):
         from onnx import numpy_helper
 
+        self.exact, self.num_heads = exact, num_heads  # exact: the fusions="exact" rewrites (module doc)
         self.model, self.graph = model, model.graph
         self.init = {i.name: i for i in self.graph.initializer}
         self.arrays = {}
@@ -188,12 +211,18 @@ class _Rewriter:
             self.add_init("qtok/half_range", np.array(127.5, np.float32))
             self.add_init("qtok/eps", np.array(np.finfo(np.float32).eps, np.float32))
             self.add_init("qtok/zp128", np.array(128, np.uint8))
+            self.add_init("qtok/neg_half_range", np.array(-127.5, np.float32))
         self.node("ReduceMax", [x], [p + "/hi"], axes=[-1], keepdims=1)
         self.node("ReduceMin", [x], [p + "/lo"], axes=[-1], keepdims=1)
-        self.node("Neg", [p + "/lo"], [p + "/neglo"])
-        self.node("Max", [p + "/hi", p + "/neglo"], [p + "/amax"])
-        self.node("Div", [p + "/amax", "qtok/half_range"], [p + "/s0"])
-        self.node("Max", [p + "/s0", "qtok/eps"], [p + "/scale"])
+        if self.exact:  # max(hi / 127.5, lo / -127.5, eps): the same value in 3 tiny nodes instead of 4
+            self.node("Div", [p + "/hi", "qtok/half_range"], [p + "/s_hi"])
+            self.node("Div", [p + "/lo", "qtok/neg_half_range"], [p + "/s_lo"])
+            self.node("Max", [p + "/s_hi", p + "/s_lo", "qtok/eps"], [p + "/scale"])
+        else:
+            self.node("Neg", [p + "/lo"], [p + "/neglo"])
+            self.node("Max", [p + "/hi", p + "/neglo"], [p + "/amax"])
+            self.node("Div", [p + "/amax", "qtok/half_range"], [p + "/s0"])
+            self.node("Max", [p + "/s0", "qtok/eps"], [p + "/scale"])
         self.node("Reciprocal", [p + "/scale"], [p + "/inv"])
         self.node("Mul", [x, p + "/inv"], [p + "/xs"])
         self.node("QuantizeLinear", [p + "/xs", "qtok/one", "qtok/zp128"], [p + "/q"])
@@ -207,6 +236,9 @@ class _Rewriter:
         w_name = self.add_init(f"{module}.weight_int8_t", np.ascontiguousarray(codes.T))
         s_name = self.add_init(f"{module}.weight_scale", scale.astype(np.float32))
         self.meta[module] = {"kind": "linear", "codes_t": w_name, "scale": s_name}
+        if self.exact:  # A-scale [B, T, 1]: ORT scales the output in place after the GEMM (no bias input, see doc)
+            self.node("MatMulIntegerToFloat", [q, w_name, s, s_name, "qtok/zp128"], [out], domain=MS_DOMAIN)
+            return
         self.node("MatMulIntegerToFloat", [q, w_name, "qtok/one", s_name, "qtok/zp128"], [out + "/int"],
                   domain=MS_DOMAIN)
         self.node("Mul", [out + "/int", s], [out])
@@ -226,12 +258,123 @@ class _Rewriter:
             else:
                 kept.extend(self.new_nodes)
                 self.new_nodes = []
+        if self.exact:
+            kept = self.exact_rewrites(kept)
         del self.graph.node[:]
         self.graph.node.extend(kept)
         used = {i for n in self.graph.node for i in n.input}
         keep = [i for i in self.graph.initializer if i.name in used]
         del self.graph.initializer[:]
         self.graph.initializer.extend(keep + [i for i in self.new_inits if i.name in used])
+
+    # ----------------------------------------------------------------- fusions="exact" (see the module doc)
+
+    def exact_rewrites(self, nodes: list) -> list:
+        for n in nodes:
+            if n.op_type == "Add" and n.input[0] in self.init and n.input[1] not in self.init:
+                a, b = n.input[0], n.input[1]
+                n.input[0], n.input[1] = b, a  # activation first: ORT may reuse its buffer for the sum
+        self.keep_add_gelu(nodes)
+        return self.prune(self.multihead_attention(nodes))
+
+    def keep_add_gelu(self, nodes: list) -> None:
+        """Store the bias of each Add that feeds the exported exact GELU (x / sqrt2 -> Erf ..., x * ...) as
+        [1, 1, N]: ORT's BiasGelu fusion only takes a 1-D bias, so it keeps Add + Gelu (faster on CPU, same math)."""
+        consumers: dict[str, list] = {}
+        for n in nodes:
+            for i in n.input:
+                consumers.setdefault(i, []).append(n)
+        for n in nodes:
+            ops = {c.op_type for c in consumers.get(n.output[0], [])}
+            if n.op_type != "Add" or not {"Div", "Mul"} <= ops:
+                continue
+            for j, name in enumerate(n.input):
+                b = self.array(name)
+                if b is not None and b.ndim == 1:
+                    n.input[j] = self.add_init(name + "/1x1xN", b.reshape(1, 1, -1))
+
+    def scalar(self, name: str, producers: dict) -> float | None:
+        a = self.array(name)
+        if a is None and (c := producers.get(name)) is not None and c.op_type == "Constant":
+            a = self.np.to_array(c.attribute[0].t)
+        return float(a.reshape(())) if a is not None and a.size == 1 else None
+
+    def multihead_attention(self, nodes: list) -> list:
+        """Each exported eager self-attention -> one com.microsoft MultiHeadAttention (see the module doc)."""
+        from onnx import helper
+
+        producers = {o: n for n in nodes for o in n.output}
+        consumers: dict[str, list] = {}
+        for n in nodes:
+            for i in n.input:
+                consumers.setdefault(i, []).append(n)
+
+        def made_by(name, op):
+            n = producers.get(name)
+            return n if n is not None and n.op_type == op else None
+
+        def sole_reader(name, op):
+            cs = consumers.get(name, [])
+            return cs[0] if len(cs) == 1 and cs[0].op_type == op else None
+
+        def transpose(n, perm):
+            return n is not None and [list(a.ints) for a in n.attribute if a.name == "perm"] == [perm]
+
+        def unbiased(t):  # Transpose(Reshape(Add(x, bias))) -> (x, bias, [Reshape, Add]) or None
+            r = made_by(t.input[0], "Reshape")
+            a = r and made_by(r.input[0], "Add")
+            b = a and self.array(a.input[1])
+            if b is None or b.ndim != 1 or len(consumers.get(a.output[0], [])) != 1:
+                return None
+            return a.input[0], b, [r, a]
+
+        remove, insert, mask_i32 = set(), {}, None
+        for sm in [n for n in nodes if n.op_type == "Softmax"]:
+            add = made_by(sm.input[0], "Add")
+            mul = add and made_by(add.input[0], "Mul")
+            mm1 = mul and made_by(mul.input[0], "MatMul")
+            mm2 = sole_reader(sm.output[0], "MatMul")
+            to = mm2 and sole_reader(mm2.output[0], "Transpose")
+            ro = to and sole_reader(to.output[0], "Reshape")
+            where = add and made_by(add.input[1], "Where")
+            if None in (mm1, mm2, to, ro, where) or mm2.input[0] != sm.output[0]:
+                continue
+            tq, tk, tv = (made_by(mm1.input[0], "Transpose"), made_by(mm1.input[1], "Transpose"),
+                          made_by(mm2.input[1], "Transpose"))
+            scale = self.scalar(mul.input[1], producers)
+            fill = [self.scalar(i, producers) for i in where.input[1:]]
+            if not (transpose(tq, [0, 2, 1, 3]) and transpose(tk, [0, 2, 3, 1]) and transpose(tv, [0, 2, 1, 3])
+                    and transpose(to, [0, 2, 1, 3])) or scale is None or fill[0] != 0.0 or fill[1] is None:
+                continue
+            parts = [unbiased(t) for t in (tq, tk, tv)]
+            if None in parts or not self.num_heads:
+                continue
+            if mask_i32 is None:
+                mask_i32 = "attention_mask/int32"
+                insert[id(nodes[0])] = [helper.make_node("Cast", [INPUT_NAMES[1]], [mask_i32], name=mask_i32, to=6)]
+            o = ro.output[0]
+            bias = self.add_init(o + "/qkv_bias", np.concatenate([p[1] for p in parts]).astype(np.float32))
+            insert[id(ro)] = [helper.make_node(
+                "MultiHeadAttention", [p[0] for p in parts] + [bias, mask_i32], [o], name=o + "/MultiHeadAttention",
+                domain=MS_DOMAIN, num_heads=self.num_heads, scale=scale, mask_filter_value=fill[1])]
+            remove |= {id(n) for n in (add, mul, mm1, sm, mm2, tq, tk, tv, to, ro)}
+            remove |= {id(n) for p in parts for n in p[2]}
+        out = []
+        for n in nodes:
+            out.extend(insert.get(id(n), []))
+            if id(n) not in remove:
+                out.append(n)
+        return out
+
+    def prune(self, nodes: list) -> list:
+        """Drop nodes nothing reads any more (the shape arithmetic of a fused-away Reshape)."""
+        outputs = {o.name for o in self.graph.output}
+        while True:
+            used = {i for n in nodes for i in n.input} | outputs
+            keep = [n for n in nodes if any(o in used for o in n.output)]
+            if len(keep) == len(nodes):
+                return keep
+            nodes = keep
 
     def try_replace(self, n) -> bool:
         from onnx import helper
@@ -276,14 +419,15 @@ class _Rewriter:
         return False
 
 
-FUSIONS = ("all", "no-attention", "none")
+FUSIONS = ("all", "no-attention", "none", "exact")
 
 
 def export_qat_int8(model: nn.Module, path: str | Path, *, fusions: str = "all") -> dict:
     """Write the converted QAT `model` as an INT8 ONNX graph on torchao's own codes and scales (see module doc).
 
     fusions: "all" (ORT's BERT fusions, attention -> MultiHeadAttention), "no-attention" (LayerNorm/GELU
-    fusions only, attention left as exported) or "none" (the export as is), for the ablation. Returns a summary: path, how many Linear and
+    fusions only, attention left as exported), "none" (the export as is), for the ablation, or "exact" (the
+    logits of "none" bit for bit, faster: see the module doc). Returns a summary: path, how many Linear and
     embedding weights went in as INT8, the fused operators, and the size in MB.
     """
     import onnx
@@ -297,15 +441,17 @@ def export_qat_int8(model: nn.Module, path: str | Path, *, fusions: str = "all")
     with tempfile.TemporaryDirectory() as tmp:
         raw = export_onnx(twin, Path(tmp) / "float.onnx")
         fused: dict = {}
-        if fusions != "none":
+        if fusions not in ("none", "exact"):
             raw, fused = optimize_bert(raw, Path(tmp) / "fused.onnx", cfg.num_attention_heads, cfg.hidden_size,
                                        embed_layer_norm=False, attention=fusions == "all")  # keep the embedding Gathers to put INT8 tables in
         graph = onnx.load(str(raw))
-    rw = _Rewriter(graph, weights)
+    rw = _Rewriter(graph, weights, exact=fusions == "exact", num_heads=cfg.num_attention_heads)
     rw.rewrite()
     missing = [m for m in list(weights.linears) + list(weights.embeddings) if m not in rw.meta]
     if missing:
         raise DeployError(f"{len(missing)} INT8 weight(s) were not found in the exported graph: {missing[:4]}")
+    if fusions == "exact":
+        fused = {"MultiHeadAttention": sum(n.op_type == "MultiHeadAttention" for n in graph.graph.node)}
     if not any(o.domain == MS_DOMAIN for o in graph.opset_import):
         graph.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
     graph.metadata_props.append(onnx.StringStringEntryProto(key=META_KEY, value=json.dumps(rw.meta)))

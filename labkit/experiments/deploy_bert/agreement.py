@@ -12,7 +12,7 @@ from labkit.experiments.deploy_bert.options import ARTIFACT_OF
 
 PAD_TO = 128  # every eval batch padded to one shape: the compiled model runs one graph, every variant the same input
 ACCURACY_VARIANTS = ("torch-fp32", "torchao-int8", "torchao-int8-compiled", "ort-fp32", "ort-qat-int8",
-                     "ort-qat-int8-mha", "ort-qat-int8-unfused", "ort-peer-int8")
+                     "ort-qat-int8-mha", "ort-qat-int8-unfused", "ort-qat-int8-exact", "ort-peer-int8")
 
 
 def label_agreement(predictions: dict[str, list[int]], reference: str = "torchao-int8") -> dict[str, int]:

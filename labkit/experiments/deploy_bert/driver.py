@@ -17,6 +17,7 @@ from labkit.experiments.deploy_bert.options import (
     LABELS,
     ORT_VARIANTS,
     STAGES,
+    TORCH_VARIANTS,
     add_arguments,
     parse_positive_ints,
     parse_seeds,
@@ -120,6 +121,27 @@ def check(args: argparse.Namespace) -> None:
     args.cfg, args.profile_name = cfg, profile
 
 
+def timed_variants(compiled: bool) -> set[str]:
+    """Every variant a latency table of this version holds."""
+    torch_variants = {v for v in TORCH_VARIANTS if compiled or not v.endswith("-compiled")}
+    return torch_variants | set(ORT_VARIANTS)
+
+
+def latency_tables(previous: list[dict]) -> dict[int, list[dict]]:
+    """The newest finished latency table per thread count in a run's JSONL rows (in order): the "latency" rows
+    recorded before that thread count's "latency_done". A table measured again replaces the earlier one; rows of a
+    table cut short (no "latency_done") are dropped."""
+    pending: dict[int, list[dict]] = {}
+    tables: dict[int, list[dict]] = {}
+    for row in previous:
+        kind = row.get("kind")
+        if kind == "latency":
+            pending.setdefault(row["threads"], []).append({k: v for k, v in row.items() if k != "kind"})
+        elif kind == "latency_done":
+            tables[row["threads"]] = pending.pop(row["threads"], [])
+    return tables
+
+
 def _summaries(seed_results: dict) -> dict:
     """Accuracy (points) and label disagreement per variant over the seeds: mean, sd, per seed."""
     from labkit.measure.stats import spread
@@ -189,8 +211,13 @@ def run(args: argparse.Namespace) -> dict:
     with run_:
         for row in run_.recorded("seed"):
             data["seed_results"][str(row["seed"])] = row
-        done_threads = {r["threads"] for r in run_.recorded("latency_done")}
-        data["latency"] = [r for r in run_.recorded("latency") if r["threads"] in done_threads]
+        tables = latency_tables(run_.previous)
+        wanted = timed_variants(compiled)
+        done_threads = {t for t, rows in tables.items() if wanted <= {r["variant"] for r in rows}}
+        if set(tables) - done_threads:
+            print(f"resume: the latency at threads {sorted(set(tables) - done_threads)} lacks variant(s) this "
+                  "version times; measuring it again", flush=True)
+        data["latency"] = [r for t in sorted(done_threads) for r in tables[t]]
         for r in run_.recorded("latency_done")[-1:]:
             data["latency_info"] = {**r, "threads": sorted(done_threads)}
         for r in run_.recorded("profile_int8")[-1:]:

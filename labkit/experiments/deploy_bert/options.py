@@ -11,7 +11,8 @@ DEVICE = "cpu"  # the deployment target: ONNX export, ORT, accuracy and latency 
 REFERENCE = Path(__file__).resolve().parents[3] / "data" / "reference" / f"{EXPERIMENT}_{DEVICE}.json"
 STAGES = ("accuracy", "latency")
 TORCH_VARIANTS = ("torch-fp32", "torch-fp32-compiled", "torchao-int8", "torchao-int8-compiled")
-ORT_VARIANTS = ("ort-fp32", "ort-qat-int8", "ort-qat-int8-mha", "ort-qat-int8-unfused", "ort-peer-int8")
+ORT_VARIANTS = ("ort-fp32", "ort-qat-int8", "ort-qat-int8-mha", "ort-qat-int8-unfused", "ort-qat-int8-exact",
+                "ort-peer-int8")
 LABELS = {
     "torch-fp32": "PyTorch FP32 eager", "torch-fp32-compiled": "PyTorch FP32 compiled (freezing)",
     "torchao-int8": "torchao INT8 eager (QAT)", "torchao-int8-compiled": "torchao INT8 compiled (freezing, QAT)",
@@ -19,11 +20,13 @@ LABELS = {
     "ort-qat-int8": "ONNX Runtime INT8, QAT grid (LayerNorm/GELU fusions)",
     "ort-qat-int8-mha": "ONNX Runtime INT8, QAT grid (+ MultiHeadAttention fusion)",
     "ort-qat-int8-unfused": "ONNX Runtime INT8, QAT grid (no BERT fusions)",
+    "ort-qat-int8-exact": "ONNX Runtime INT8, QAT grid (exact rewrites: the unfused logits bit for bit, fewer kernels)",
     "ort-peer-int8": "ONNX Runtime quantize_dynamic PTQ (peer, default session)",
 }
 ARTIFACT_OF = {"ort-fp32": "fp32", "ort-qat-int8": "qat-int8", "ort-qat-int8-mha": "qat-int8-mha",
-               "ort-qat-int8-unfused": "qat-int8-unfused", "ort-peer-int8": "peer"}
-INT8_DEPLOY = ("torchao-int8-compiled", "ort-qat-int8", "ort-qat-int8-mha", "ort-qat-int8-unfused")
+               "ort-qat-int8-unfused": "qat-int8-unfused", "ort-qat-int8-exact": "qat-int8-exact", "ort-peer-int8": "peer"}
+INT8_DEPLOY = ("torchao-int8-compiled", "ort-qat-int8", "ort-qat-int8-mha", "ort-qat-int8-unfused",
+               "ort-qat-int8-exact")
 
 
 def parse_threads(text: str) -> list[int]:
