@@ -28,7 +28,7 @@ def _seed_result(seed: int, fp32=85.0, ao=85.5, ort=85.5, peer=85.0, differ_ort=
 def stand_ins(tmp_path, monkeypatch):
     """Replace training, the accuracy stage and timing by recording stand-ins; work in a temporary folder."""
     monkeypatch.chdir(tmp_path)
-    calls = {"train": [], "accuracy": [], "latency": [], "profile": 0, "fail_seed": None}
+    calls = {"train": [], "accuracy": [], "latency": [], "profile": 0, "profile_ort": 0, "fail_seed": None}
 
     class Model:
         config = type("C", (), {"vocab_size": 100})()
@@ -55,10 +55,15 @@ def stand_ins(tmp_path, monkeypatch):
         calls["profile"] += 1
         return {"eager": {}, "compiled": {}}
 
+    def profile_ort(paths, *a, **k):
+        calls["profile_ort"] += 1
+        return {v: {"total_ms": 1.0, "groups": {}} for v in paths}
+
     monkeypatch.setattr(training, "train_models", train_models)
     monkeypatch.setattr(agreement, "seed_accuracy", seed_accuracy)
     monkeypatch.setattr(latency, "latency_table", latency_table)
     monkeypatch.setattr(int8_profile, "profile_int8", profile_int8)
+    monkeypatch.setattr(int8_profile, "profile_ort", profile_ort)
     monkeypatch.setattr(training, "timing_models", lambda cfg: (Model(), Model()))
     monkeypatch.setattr("labkit.deploy.onnx_runtime.build_artifacts",
                         lambda fp32, qat, out: {k: {"path": "x"} for k in ("fp32", "qat-int8", "qat-int8-mha",
@@ -90,6 +95,8 @@ def test_resume_skips_finished_seeds_and_stages(stand_ins, tmp_path):
     assert data["accuracy_summary"]["ort-qat-int8"]["sd"] == pytest.approx(0.1)
     assert _deploy("--seeds", "0,1,2", "--out", str(out), "--resume") == 0  # everything measured: nothing runs
     assert stand_ins["accuracy"] == [0, 1, 2] and stand_ins["latency"] == [1] and stand_ins["profile"] == 1
+    assert stand_ins["profile_ort"] == 1 and set(_result(out)["profile_ort"]) == {"ort-qat-int8-exact",
+                                                                                   "ort-qat-int8-unfused", "ort-peer-int8"}
     again = _result(out)  # ... and the summary still holds what the earlier attempts measured
     assert len(again["latency"]) == len(data["latency"]) == 10 and again["profile_int8"] and again["targets"] == data["targets"]
 

@@ -210,3 +210,21 @@ def test_exact_graph_gives_the_unfused_logits_bit_for_bit(models, tmp_path):
     ops = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
     assert ops.count("Gelu") == 6 and "BiasGelu" not in ops and "Softmax" not in ops and "Transpose" not in ops
     assert ops.count("Mul") < ops.count("MatMulIntegerToFloat")
+
+
+def test_ort_profile_groups_every_kernel_of_the_exact_graph_and_the_peer(models, tmp_path):
+    """ORT's profiler by op group: every kernel time lands in a group, the integer GEMMs are there in both graphs,
+    the lab's graph shows its per-token quantization ops and the peer none (its quantization is inside the GEMM)."""
+    from labkit.deploy.onnx_export import export_onnx, quantize_dynamic_peer
+    from labkit.experiments.deploy_bert.int8_profile import profile_ort
+
+    exact = export_qat_int8(models[1], tmp_path / "exact.onnx", fusions="exact")["path"]
+    peer = quantize_dynamic_peer(export_onnx(models[0], tmp_path / "fp32.onnx"), tmp_path / "peer.onnx")
+    prof = profile_ort({"ort-qat-int8-exact": exact, "ort-peer-int8": str(peer)}, 2, 32, 30522, runs=2)
+    for name, p in prof.items():
+        assert p["total_ms"] == pytest.approx(sum(r["ms"] for r in p["ops"].values())), name
+        assert p["groups"]["integer GEMMs"] > 0, name
+    assert prof["ort-qat-int8-exact"]["ops"]["MatMulIntegerToFloat"]["calls"] == 37
+    assert prof["ort-qat-int8-exact"]["groups"]["activation quantization"] > 0
+    peer_ops = prof["ort-peer-int8"]["ops"]
+    assert "QuantizeLinear" not in peer_ops and "DynamicQuantizeMatMul" in peer_ops

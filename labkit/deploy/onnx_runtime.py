@@ -48,15 +48,12 @@ def make_session(path: str | Path, threads: int = 1, optimization: str = "all", 
     """An InferenceSession on the CPU. default_options=True uses ORT's defaults except the thread count."""
     import onnxruntime as ort
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no ONNX file at {path}; write one with labkit.deploy.onnx_export first")
     if default_options:
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
     else:
         so = session_options(threads, optimization)
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return make_session_from(path, so)
 
 
 class OnnxClassifier:
@@ -83,6 +80,47 @@ class OnnxClassifier:
     @property
     def size_mb(self) -> float:
         return self.path.stat().st_size / 1e6
+
+
+def op_times(path: str | Path, feeds: dict[str, np.ndarray], runs: int = 3, threads: int = 1,
+             default_options: bool = False) -> dict[str, dict]:
+    """ORT's own profiler on one ONNX file: kernel time per operator type in ms per run (mean of `runs` runs after
+    one warm-up run) and calls per run, as ORT ran the graph after its own optimizations."""
+    import json
+    import tempfile
+
+    if runs < 1:
+        raise ValueError(f"runs must be at least 1, got {runs}")
+    with tempfile.TemporaryDirectory() as tmp:
+        session = make_session(path, threads, default_options=default_options)
+        so = session.get_session_options()
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "ort")
+        session = make_session_from(path, so)
+        for _ in range(runs + 1):
+            session.run(None, feeds)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    run_windows = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
+    first_end = run_windows[0][1]  # the warm-up run: dropped
+    out: dict[str, dict] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= first_end:
+            row = out.setdefault(e["args"]["op_name"], {"ms": 0.0, "calls": 0})
+            row["ms"] += e["dur"] / 1e3 / runs
+            row["calls"] += 1
+    for row in out.values():
+        row["calls"] //= runs
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["ms"]))
+
+
+def make_session_from(path: str | Path, so):
+    """An InferenceSession on the CPU with the given SessionOptions (a missing file gets a clear error)."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no ONNX file at {path}; write one with labkit.deploy.onnx_export first")
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def predict(model, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -162,5 +200,5 @@ def build_artifacts(fp32: nn.Module, qat: nn.Module, out_dir: str | Path) -> dic
     return arts
 
 
-__all__ = ["INPUT_NAMES", "DeployError", "OnnxClassifier", "build_artifacts", "evaluate", "make_session", "predict",
-           "session_options"]
+__all__ = ["INPUT_NAMES", "DeployError", "OnnxClassifier", "build_artifacts", "evaluate", "make_session", "op_times",
+           "predict", "same_logits", "session_options"]

@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> dict:
     from labkit.deploy.onnx_runtime import build_artifacts
     from labkit.env import package_version, provenance
     from labkit.experiments.deploy_bert.agreement import seed_accuracy
-    from labkit.experiments.deploy_bert.int8_profile import profile_int8
+    from labkit.experiments.deploy_bert.int8_profile import PROFILED_ORT, profile_int8, profile_ort
     from labkit.experiments.deploy_bert.latency import latency_table
     from labkit.experiments.deploy_bert.targets import target_checks
     from labkit.experiments.deploy_bert.training import train_models
@@ -222,6 +222,8 @@ def run(args: argparse.Namespace) -> dict:
             data["latency_info"] = {**r, "threads": sorted(done_threads)}
         for r in run_.recorded("profile_int8")[-1:]:
             data["profile_int8"] = r["profile"]
+        for r in run_.recorded("profile_ort")[-1:]:
+            data["profile_ort"] = r["profile"]
         if run_.previous:
             print(f"resume: seeds {sorted(int(k) for k in data['seed_results'])} and latency at threads "
                   f"{sorted(done_threads)} already measured", flush=True)
@@ -242,7 +244,8 @@ def run(args: argparse.Namespace) -> dict:
                 run_.record("seed", row)
                 if seed == cfg.seeds[0]:
                     first_models = {"fp32": trained["fp32"], "qat": trained["qat"]}
-        if "latency" in args.stage_list and (set(threads) - done_threads or (compiled and "profile_int8" not in data)):
+        if "latency" in args.stage_list and (set(threads) - done_threads or "profile_ort" not in data
+                                             or (compiled and "profile_int8" not in data)):
             fp32, qat, which = _latency_models(cfg, args.models_from, first_models)
             info = {"models": which, "provenance": here()}
             with tempfile.TemporaryDirectory() as tmp:
@@ -261,6 +264,11 @@ def run(args: argparse.Namespace) -> dict:
                     data["latency_info"] = {**info, "threads": sorted(done_threads)}
                     run_.record("latency_done", {**info, "threads": t})
                     print(f"  latency at {t} thread(s) done", flush=True)
+                if "profile_ort" not in data:  # where the deployed INT8 graphs spend their time, 1 thread
+                    data["profile_ort"] = profile_ort({v: ort_paths[v] for v in PROFILED_ORT}, 8, args.seq_len,
+                                                      fp32.config.vocab_size)
+                    run_.record("profile_ort", {"profile": data["profile_ort"], "models": which,
+                                                "provenance": here()})
             if compiled and "profile_int8" not in data:
                 torch.set_num_threads(1)
                 data["profile_int8"] = profile_int8(qat, 8, args.seq_len, fp32.config.vocab_size)
