@@ -44,16 +44,30 @@ def session_options(threads: int = 1, optimization: str = "all"):
     return so
 
 
-def make_session(path: str | Path, threads: int = 1, optimization: str = "all", default_options: bool = False):
-    """An InferenceSession on the CPU. default_options=True uses ORT's defaults except the thread count."""
+def _options(threads: int, optimization: str, default_options: bool):
+    """The lab's session options, or ORT's defaults with only the thread count set."""
     import onnxruntime as ort
 
-    if default_options:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-    else:
-        so = session_options(threads, optimization)
-    return make_session_from(path, so)
+    if not default_options:
+        return session_options(threads, optimization)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    return so
+
+
+def _session(path: str | Path, so):
+    """An InferenceSession on the CPU with these options (a missing file gets a clear error)."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no ONNX file at {path}; write one with labkit.deploy.onnx_export first")
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def make_session(path: str | Path, threads: int = 1, optimization: str = "all", default_options: bool = False):
+    """An InferenceSession on the CPU. default_options=True uses ORT's defaults except the thread count."""
+    return _session(path, _options(threads, optimization, default_options))
 
 
 class OnnxClassifier:
@@ -91,12 +105,11 @@ def op_times(path: str | Path, feeds: dict[str, np.ndarray], runs: int = 3, thre
 
     if runs < 1:
         raise ValueError(f"runs must be at least 1, got {runs}")
+    so = _options(threads, "all", default_options)
     with tempfile.TemporaryDirectory() as tmp:
-        session = make_session(path, threads, default_options=default_options)
-        so = session.get_session_options()
         so.enable_profiling = True
         so.profile_file_prefix = str(Path(tmp) / "ort")
-        session = make_session_from(path, so)
+        session = _session(path, so)
         for _ in range(runs + 1):
             session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())
@@ -111,16 +124,6 @@ def op_times(path: str | Path, feeds: dict[str, np.ndarray], runs: int = 3, thre
     for row in out.values():
         row["calls"] //= runs
     return dict(sorted(out.items(), key=lambda kv: -kv[1]["ms"]))
-
-
-def make_session_from(path: str | Path, so):
-    """An InferenceSession on the CPU with the given SessionOptions (a missing file gets a clear error)."""
-    import onnxruntime as ort
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no ONNX file at {path}; write one with labkit.deploy.onnx_export first")
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def predict(model, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
