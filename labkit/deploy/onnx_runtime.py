@@ -158,13 +158,13 @@ def evaluate(model, eval_ds, tokenizer, batch_size: int = 32, pad_to: int | None
 
 def same_logits(path: str | Path, other: str | Path, vocab: int, seed: int = 0) -> dict:
     """Whether two ONNX classifiers give the same logits to the last bit on a fixed batch (4 x 64, the second
-    half of two rows padded) and on one unpadded sequence; the artifact that must match names the one it matches."""
+    half of two rows padded) and on one unpadded sequence; "artifact" names the file compared against."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1000, vocab, (4, 64), generator=g)
     mask = torch.ones_like(ids)
     mask[2:, 32:] = 0
-    batches = [{"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)},
-               {"input_ids": ids[:1, :37], "attention_mask": mask[:1, :37], "token_type_ids": torch.zeros_like(ids[:1, :37])}]
+    batches = [{"input_ids": x, "attention_mask": m, "token_type_ids": torch.zeros_like(x)}
+               for x, m in ((ids, mask), (ids[:1, :37], mask[:1, :37]))]
     a, b = OnnxClassifier(path), OnnxClassifier(other)
     diff = max(float(np.abs(a.run(a.feeds(x)) - b.run(b.feeds(x))).max()) for x in batches)
     return {"artifact": Path(other).name, "identical": diff == 0.0, "max_abs_diff": diff,

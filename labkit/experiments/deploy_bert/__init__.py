@@ -8,9 +8,9 @@ per finished seed or latency table):
     accuracy  per seed (full: 0,1,2): train the FP32 classifier and its QAT INT8 copy with notebook 01's recipe
               (training may run on a GPU, --train-device) or load them from a `bench qat` run (--models-from);
               export the ONNX artifacts (labkit.deploy) and, on the CPU, measure accuracy/F1 of PyTorch FP32,
-              torchao INT8 eager and compiled, ORT FP32, ORT QAT INT8 (three fusion levels and the exact rewrites) and ORT's
-              quantize_dynamic peer, the sentences each labels differently from torchao eager, the ONNX INT8
-              weights against torchao's codes and the size on disk of every artifact;
+              torchao INT8 eager and compiled, ORT FP32, ORT QAT INT8 (three fusion levels and the exact
+              rewrites) and ORT's quantize_dynamic peer, the sentences each labels differently from torchao eager,
+              the ONNX INT8 weights against torchao's codes and the size on disk of every artifact;
     latency   once, on one set of models (timing does not depend on the weights): p10/p50/p90 at batch 1 and 8,
               length 128, for each thread count, rounds interleaved across variants; a torch.profiler table
               of the torchao INT8 model eager vs compiled (why eager INT8 is slow on a CPU) and ORT's profiler

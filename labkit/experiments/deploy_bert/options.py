@@ -24,7 +24,8 @@ LABELS = {
     "ort-peer-int8": "ONNX Runtime quantize_dynamic PTQ (peer, default session)",
 }
 ARTIFACT_OF = {"ort-fp32": "fp32", "ort-qat-int8": "qat-int8", "ort-qat-int8-mha": "qat-int8-mha",
-               "ort-qat-int8-unfused": "qat-int8-unfused", "ort-qat-int8-exact": "qat-int8-exact", "ort-peer-int8": "peer"}
+               "ort-qat-int8-unfused": "qat-int8-unfused", "ort-qat-int8-exact": "qat-int8-exact",
+               "ort-peer-int8": "peer"}
 INT8_DEPLOY = ("torchao-int8-compiled", "ort-qat-int8", "ort-qat-int8-mha", "ort-qat-int8-unfused",
                "ort-qat-int8-exact")
 
