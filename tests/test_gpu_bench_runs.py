@@ -139,15 +139,19 @@ def test_triton_fa2_failed_check_fails_the_run_and_spares_the_reference(in_tmp, 
     assert ref["status"] == "complete" and "files" not in ref
 
 
-def test_committed_triton_fa2_reference_loads_through_the_one_loader():
-    """data/reference/triton_fa2_h100.json was written with status "done" (the old writer): the loader reads it."""
+def test_committed_triton_fa2_reference_loads_through_the_one_loader(tmp_path):
+    """The committed H100 file loads through the one loader; a file of the old writer (status "done") still reads
+    as complete."""
     from labkit.attention.triton_fa2_bench import load_committed
+    from labkit.results import write_json
 
-    assert json.loads((reference_dir() / "triton_fa2_h100.json").read_text())["status"] == "done"
     data, message = load_reference("triton_fa2", "h100")
     assert data is not None, message
-    assert data["status"] == "complete" and len(data["rows"]) > 0
+    assert data["status"] == "complete" and len(data["rows"]) > 0 and len(data["prefill"]) > 0
     assert load_committed("h100")["rows"] == data["rows"]
+    write_json(tmp_path / "triton_fa2_h100.json", {**data, "status": "done"})
+    old, message = load_reference("triton_fa2", "h100", directory=tmp_path)
+    assert old is not None and old["status"] == "complete", message
 
 
 def test_done_is_read_as_complete_only_by_the_loader(tmp_path):
