@@ -123,25 +123,32 @@ def logits_agreement(fast: nn.Module, real: nn.Module, ids: torch.Tensor, *, nll
     Returns the numbers, the tolerances and each forward's seconds."""
     real_logits, real_s = _forward(real, ids)
     fast_logits, fast_s = _forward(fast, ids)
-    targets = ids[:, 1:].to(real_logits.device).reshape(-1)
-
-    def nll(logits: torch.Tensor) -> float:
-        return float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets))
-
-    nll_real, nll_fast = nll(real_logits), nll(fast_logits)
-    diff = (fast_logits - real_logits).abs()
-    top1 = float((fast_logits.argmax(-1) == real_logits.argmax(-1)).float().mean())
-    rel = abs(nll_fast - nll_real) / max(abs(nll_real), 1e-12)
-    scale = float(real_logits.abs().mean())
-    logit_rel = float(diff.mean()) / max(scale, 1e-12)
-    ok = bool(rel <= nll_rel_tol and top1 >= top1_min and logit_rel <= logit_rel_tol
-              and torch.isfinite(fast_logits).all())
-    return {"tokens": int(ids.numel()), "nll_real": nll_real, "nll_fast": nll_fast, "nll_rel_diff": rel,
-            "max_abs_logit_diff": float(diff.max()), "mean_abs_logit_diff": float(diff.mean()),
-            "mean_abs_logit": scale, "logit_rel_diff": logit_rel, "top1_agreement": top1,
+    d = logit_distance(fast_logits, real_logits, ids[:, 1:].to(real_logits.device))
+    ok = bool(d["nll_rel_diff"] <= nll_rel_tol and d["top1_agreement"] >= top1_min
+              and d["logit_rel_diff"] <= logit_rel_tol and torch.isfinite(fast_logits).all())
+    return {"tokens": int(ids.numel()), "nll_real": d["nll_b"], "nll_fast": d["nll_a"],
+            "nll_rel_diff": d["nll_rel_diff"], "max_abs_logit_diff": d["max_abs_logit_diff"],
+            "mean_abs_logit_diff": d["mean_abs_logit_diff"], "mean_abs_logit": d["mean_abs_logit"],
+            "logit_rel_diff": d["logit_rel_diff"], "top1_agreement": d["top1_agreement"],
             "tolerance": {"nll_rel": nll_rel_tol, "top1_min": top1_min, "logit_rel": logit_rel_tol}, "ok": ok,
             "real_s": real_s, "fast_s": fast_s}
 
 
-__all__ = ["NLL_REL_TOL", "TOP1_MIN", "EmulatedInt8DynamicLinear", "emulated_int8_copy", "logits_agreement",
-           "model_device"]
+def logit_distance(a: torch.Tensor, b: torch.Tensor, targets: torch.Tensor) -> dict:
+    """How far logits `a` are from logits `b` ([..., n, vocab], position i predicting targets[..., i], n - 1 of
+    them): each one's mean next-token NLL, their relative NLL difference, mean |a - b| against mean |b|, and how
+    often their argmax agrees (every position)."""
+    def nll(logits: torch.Tensor) -> float:
+        return float(F.cross_entropy(logits[..., :-1, :].reshape(-1, logits.shape[-1]), targets.reshape(-1)))
+
+    nll_a, nll_b = nll(a), nll(b)
+    diff = (a - b).abs()
+    scale = float(b.abs().mean())
+    return {"nll_a": nll_a, "nll_b": nll_b, "nll_rel_diff": abs(nll_a - nll_b) / max(abs(nll_b), 1e-12),
+            "max_abs_logit_diff": float(diff.max()), "mean_abs_logit_diff": float(diff.mean()), "mean_abs_logit": scale,
+            "logit_rel_diff": float(diff.mean()) / max(scale, 1e-12),
+            "top1_agreement": float((a.argmax(-1) == b.argmax(-1)).float().mean())}
+
+
+__all__ = ["NLL_REL_TOL", "TOP1_MIN", "EmulatedInt8DynamicLinear", "emulated_int8_copy", "logit_distance",
+           "logits_agreement", "model_device"]

@@ -29,7 +29,7 @@ from torch import nn
 
 from labkit.lm.perplexity import perplexity
 from labkit.measure.memory import release_memory
-from labkit.quant.emulate import emulated_int8_copy, logits_agreement, model_device
+from labkit.quant.emulate import emulated_int8_copy, logit_distance, logits_agreement, model_device
 
 PPL_PATHS = ("auto", "emulated", "real")
 
@@ -87,11 +87,9 @@ def _forward_and_decode(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tens
 
 def _agreement(a: torch.Tensor, b: torch.Tensor, target: torch.Tensor) -> dict:
     """NLL of `a` and of `b` on `target`, their relative NLL and mean-logit difference, next-token agreement."""
-    nll_a = float(torch.nn.functional.cross_entropy(a[:-1], target))
-    nll_b = float(torch.nn.functional.cross_entropy(b[:-1], target))
-    return {"nll": nll_a, "nll_against": nll_b, "nll_rel_diff": abs(nll_a - nll_b) / max(abs(nll_b), 1e-12),
-            "logit_rel_diff": float((a - b).abs().mean()) / max(float(b.abs().mean()), 1e-12),
-            "top1_agreement": float((a.argmax(-1) == b.argmax(-1)).float().mean())}
+    d = logit_distance(a, b, target)
+    return {"nll": d["nll_a"], "nll_against": d["nll_b"], "nll_rel_diff": d["nll_rel_diff"],
+            "logit_rel_diff": d["logit_rel_diff"], "top1_agreement": d["top1_agreement"]}
 
 
 def kernel_decode_check(model: nn.Module, ids: torch.Tensor, tokens: int = KERNEL_CHECK_TOKENS,
