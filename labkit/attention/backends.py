@@ -90,9 +90,30 @@ def get(name: str) -> Backend:
     return BACKENDS[name]
 
 
+def flash_attn_build_reason(dtype: torch.dtype | None = None, head_dim: int | None = None) -> str | None:
+    """Why the installed flash-attn package has no kernel for `dtype` / `head_dim` (None: it has, or it is a full
+    build). A build made by the lab's tools/build_flash_attn.sh with a subset of head dims or dtypes records them in
+    `flash_attn.LABKIT_BUILD`; flash-attn runs a head dim on the smallest built kernel at least as large."""
+    import flash_attn
+
+    build = getattr(flash_attn, "LABKIT_BUILD", None)
+    if not build:
+        return None
+    names = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+    if dtype in names and names[dtype] not in build["dtypes"]:
+        return (f"this flash-attn build has {'/'.join(build['dtypes'])} kernels only, not {names[dtype]}; rebuild it "
+                f"with FA_DTYPES=bf16,fp16 tools/build_flash_attn.sh, or use another dtype")
+    if head_dim is not None and head_dim > max(build["head_dims"]):
+        return (f"this flash-attn build has kernels for head dims up to {max(build['head_dims'])} "
+                f"(built: {', '.join(map(str, build['head_dims']))}), and the model's head dim is {head_dim}; rebuild "
+                f"it with FA_HEAD_DIMS={head_dim} tools/build_flash_attn.sh, or use another backend")
+    return None
+
+
 def unavailable_reason(name: str, device: torch.device | str | None = None,
-                       dtype: torch.dtype | None = None) -> str | None:
-    """Why backend `name` cannot run on `device` with `dtype` (None: it can). Never raises for a known name."""
+                       dtype: torch.dtype | None = None, head_dim: int | None = None) -> str | None:
+    """Why backend `name` cannot run on `device` with `dtype` (and attention head dim `head_dim`, where the backend
+    depends on it; None: it can). Never raises for a known name."""
     backend = get(name)
     if device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -129,6 +150,8 @@ def unavailable_reason(name: str, device: torch.device | str | None = None,
                         f"{torch.cuda.get_device_name(device)} is {cc[0]}.{cc[1]}")
     if backend.half_only and dtype is not None and dtype not in HALF_DTYPES:
         return f"runs in float16 or bfloat16 only; the model is {dtype} (build it with dtype=torch.bfloat16)"
+    if name == "flash-attn":
+        return flash_attn_build_reason(dtype, head_dim)
     return None
 
 
@@ -142,10 +165,12 @@ def available_backends(device: torch.device | str | None = None, sweep_only: boo
     return [n for n, b in BACKENDS.items() if (b.in_sweep or not sweep_only) and unavailable_reason(n, device) is None]
 
 
-def check_backend(name: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Backend:
-    """The `Backend` if it can run on `device`/`dtype`; otherwise UnknownBackendError or BackendUnavailableError."""
+def check_backend(name: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                  head_dim: int | None = None) -> Backend:
+    """The `Backend` if it can run on `device`/`dtype`/`head_dim`; otherwise UnknownBackendError or
+    BackendUnavailableError."""
     backend = get(name)
-    reason = unavailable_reason(name, device, dtype)
+    reason = unavailable_reason(name, device, dtype, head_dim)
     if reason is not None:
         raise BackendUnavailableError(f"attention backend {name!r} cannot run here: {reason}.")
     return backend
@@ -238,6 +263,15 @@ def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dty
     return p.device, p.dtype
 
 
+def _head_dim(model: torch.nn.Module) -> int | None:
+    """The attention head dim of a transformers model (None when its config does not say)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "head_dim", None):
+        return int(config.head_dim)
+    heads, hidden = getattr(config, "num_attention_heads", None), getattr(config, "hidden_size", None)
+    return hidden // heads if heads and hidden else None
+
+
 def set_backend(model: torch.nn.Module, name: str) -> torch.nn.Module:
     """Make `model` (a transformers model) run attention with backend `name`; returns the model.
 
@@ -246,7 +280,7 @@ def set_backend(model: torch.nn.Module, name: str) -> torch.nn.Module:
     """
     backend = get(name)
     device, dtype = _model_device_dtype(model)
-    check_backend(name, device, dtype)
+    check_backend(name, device, dtype, _head_dim(model))
     if not hasattr(model, "set_attn_implementation"):
         raise TypeError(f"{type(model).__name__} is not a transformers PreTrainedModel with set_attn_implementation")
     register_backends()
