@@ -96,6 +96,49 @@ if dtypes != ["bf16", "fp16"] and dtypes != ["fp16", "bf16"]:
     h, n = re.subn(r"#define FP16_SWITCH\(COND, \.\.\.\).*?\}\(\)\n", lambda _: fp16, h, flags=re.S)
     assert n == 1, "FP16_SWITCH not found in static_switch.h"
 switch.write_text(h)
+# the same refusal in Python, before the extension is called: a clear RuntimeError on any torch build
+(src / "flash_attn/_labkit_build.py").write_text(f'''"""Written by the lab's tools/build_flash_attn.sh: this build of
+flash-attn has kernels for head dims {dims} and dtypes {dtypes} only; other inputs are refused here."""
+import torch
+import flash_attn_2_cuda as _extension
+
+HEAD_DIMS, DTYPES = {dims}, {dtypes}
+_NAMES = {{torch.bfloat16: "bf16", torch.float16: "fp16"}}
+_CHECKED = ("fwd", "varlen_fwd", "bwd", "varlen_bwd", "fwd_kvcache")
+
+
+def check(tensor):
+    """Refuse a head dim above the largest built one, or a dtype that was not built (the fix named)."""
+    if tensor.shape[-1] > max(HEAD_DIMS):
+        raise RuntimeError(f"this flash-attn build has kernels for head dims up to {{max(HEAD_DIMS)}} (built: "
+                           f"{{HEAD_DIMS}}); got head dim {{tensor.shape[-1]}}. Rebuild with FA_HEAD_DIMS")
+    if _NAMES.get(tensor.dtype) not in (None, *DTYPES):
+        raise RuntimeError(f"this flash-attn build has {{DTYPES}} kernels only; got {{tensor.dtype}}. "
+                           "Rebuild with FA_DTYPES")
+
+
+class _Extension:
+    """flash_attn_2_cuda, with the first tensor of each attention call checked (q, or dout in backward)."""
+
+    def __getattr__(self, name):
+        function = getattr(_extension, name)
+        if name not in _CHECKED:
+            return function
+
+        def checked(first, *args, **kwargs):
+            check(first)
+            return function(first, *args, **kwargs)
+
+        return checked
+
+
+flash_attn_gpu = _Extension()
+''')
+interface = src / "flash_attn/flash_attn_interface.py"
+code = interface.read_text()
+assert code.count("    import flash_attn_2_cuda as flash_attn_gpu\n") == 1, "flash_attn_interface.py changed layout"
+interface.write_text(code.replace("    import flash_attn_2_cuda as flash_attn_gpu\n",
+                                  "    from flash_attn._labkit_build import flash_attn_gpu\n"))
 init = src / "flash_attn/__init__.py"
 init.write_text(init.read_text() + f"\n# built by the lab's tools/build_flash_attn.sh: only these kernels exist\n"
                 f"LABKIT_BUILD = {{'head_dims': {dims}, 'dtypes': {dtypes}}}\n")
