@@ -29,14 +29,17 @@ class TilingExplainer(widgets.VBox):
                 raise ValueError(f"{name}={b!r} is not one of the choices: {', '.join(map(str, BLOCKS))}")
         self.d, self.seed = d, seed
         style = {"description_width": "initial"}
+        wide = widgets.Layout(width="290px")
         self.n_slider = widgets.IntSlider(value=n, min=16, max=64, step=8, description="N (tokens)",
-                                          continuous_update=False, style=style)
+                                          continuous_update=False, style=style, layout=wide)
         self.bq_slider = widgets.SelectionSlider(options=BLOCKS, value=block_q, description="Br (query block)",
-                                                 continuous_update=False, style=style)
+                                                 continuous_update=False, style=style, layout=wide)
         self.bk_slider = widgets.SelectionSlider(options=BLOCKS, value=block_k, description="Bc (key block)",
-                                                 continuous_update=False, style=style)
-        self.causal_box = widgets.Checkbox(value=causal, description="causal", indent=False)
-        self.step_slider = widgets.IntSlider(value=1, min=1, max=2, description="K/V tile", style=style)
+                                                 continuous_update=False, style=style, layout=wide)
+        self.causal_box = widgets.Checkbox(value=causal, description="causal", indent=False,
+                                           layout=widgets.Layout(width="90px"))
+        self.step_slider = widgets.IntSlider(value=1, min=1, max=2, description="K/V tile", style=style,
+                                             layout=widgets.Layout(width="360px"))
         self.prev_button = widgets.Button(description="◀ previous tile", layout=widgets.Layout(width="130px"))
         self.next_button = widgets.Button(description="next tile ▶", layout=widgets.Layout(width="130px"))
         self.status = widgets.HTML()
@@ -46,7 +49,8 @@ class TilingExplainer(widgets.VBox):
             control.observe(lambda _: self._build(), names="value")
         self.prev_button.on_click(lambda _: self._move(-1))
         self.next_button.on_click(lambda _: self._move(+1))
-        super().__init__([widgets.HBox([self.n_slider, self.bq_slider, self.bk_slider, self.causal_box]),
+        wrap = widgets.Layout(flex_flow="row wrap")
+        super().__init__([widgets.HBox([self.n_slider, self.bq_slider, self.bk_slider, self.causal_box], layout=wrap),
                           widgets.HBox([self.prev_button, self.step_slider, self.next_button]),
                           self.status, self.figure])
 
