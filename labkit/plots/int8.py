@@ -6,10 +6,10 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from labkit.plots.palette import BLUE, GREEN, GREY, ORANGE, PURPLE, RED
+from labkit.plots.palette import BLUE, CYAN, GREEN, GREY, ORANGE, PURPLE, RED
 from labkit.quant.int8_kernel import KernelConfig, launch_grid
 
-FAMILY_COLORS = {"float-gemm": BLUE, "int8-fused": GREEN, "int8-gemm": GREEN, "labkit-int8": GREEN,
+FAMILY_COLORS = {"float-gemm": BLUE, "int8-fused": CYAN, "int8-gemm": CYAN, "labkit-int8": GREEN,
                  "fp8-gemm": PURPLE, "other": ORANGE, "memory": RED, "host": GREY}
 FAMILY_NAMES = {"float-gemm": "float matmul", "int8-fused": "INT8 matmul (fused)", "int8-gemm": "INT8 matmul",
                 "labkit-int8": "labkit INT8 kernel", "fp8-gemm": "FP8 matmul", "other": "elementwise / small kernels",
@@ -81,10 +81,10 @@ def kernel_timeline_figure(rows: list[dict], variants: list[str], m: int = 1) ->
         fig.add_trace(_segment(label, start, host, "host", f"wall time {1e3 * r['p50_ms']:.0f} us - kernels "
                                                            f"{start:.0f} us", "host" not in shown))
         shown.add("host")
-    fig.update_layout(barmode="overlay", height=120 + 38 * len(bars), template="plotly_white",
-                      margin=dict(t=60, b=40, l=200, r=20), legend=dict(orientation="h", y=-0.25),
-                      title=f"one feed-forward block at M={m}: GPU kernels back to back, then the wait for the host "
-                            "(committed H100 profile)")
+    fig.update_layout(barmode="overlay", height=150 + 38 * len(bars), template="plotly_white",
+                      margin=dict(t=80, b=40, l=200, r=20), legend=dict(orientation="h", y=-0.25),
+                      title=f"one feed-forward block at M={m} (committed H100 profile):<br>"
+                            "its GPU kernels back to back, then the wait for the host")
     fig.update_xaxes(title_text="microseconds (wall time of one block, median)", rangemode="tozero")
     fig.update_yaxes(autorange="reversed", type="category")
     return fig
