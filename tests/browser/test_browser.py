@@ -180,9 +180,14 @@ def check_tiling_explainer(page, explainer) -> list[str]:
     says the output equals softmax attention."""
     problems = []
     status = explainer.locator(".widget-html", has_text=re.compile("step \\d+ of")).first
-    before = explainer.evaluate(EXPLAINER_JS)
-    if not before or before["traces"] < 4:
-        return [f"the tiling explainer drew no figure: {before}"]
+    deadline, before = time.monotonic() + 60, None
+    while time.monotonic() < deadline:  # a FigureWidget draws after its cell has finished
+        before = explainer.evaluate(EXPLAINER_JS)
+        if before and before["traces"] >= 4:
+            break
+        time.sleep(0.5)
+    else:
+        return [f"the tiling explainer drew no figure within 60 s: {before}"]
     explainer.get_by_role("button", name=re.compile("next tile")).click()
     moved = _wait_text(status, lambda t: "step 2 of" in t, 30)
     after = explainer.evaluate(EXPLAINER_JS)
