@@ -5,9 +5,14 @@ A notebook that says "the tiled kernel matches the reference" or "INT8 is at mos
     expect("tiled attention == reference", measured=out, expected=ref, tol=1e-10)
     expect("INT8 size / FP32 size", measured=0.27, expected=0.3, op="<=")
 
-which prints `PASS  INT8 size / FP32 size: expected <= 0.3, measured 0.27` and raises `ClaimFailed` (an
+which prints `PASS  [live] INT8 size / FP32 size: expected <= 0.3, measured 0.27` and raises `ClaimFailed` (an
 AssertionError) when the claim does not hold, so the notebook (and CI running it) fails instead of printing a
-false sentence. Foundation layer: imports nothing from labkit.
+false sentence.
+
+Every line says where its numbers come from: `[live]` (measured in this run, the default) or
+`[committed: attention_h100.json]` for a claim read from a committed result file, which a learner's run cannot
+change (`expect_committed(..., file="attention_h100.json")`, or `expect(..., source="committed")`).
+Foundation layer: imports nothing from labkit.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ from typing import Any
 
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq,
         "!=": operator.ne}
+
+
+SOURCES = ("live", "committed")
+"""Where a claim's numbers come from: measured in this run, or read from a committed result file."""
 
 
 class ClaimFailed(AssertionError):
@@ -33,9 +42,19 @@ class Check:
     expected: str
     measured: str
     passed: bool
+    source: str = "live"
+    file: str | None = None
+
+    @property
+    def label(self) -> str:
+        """`[live]`, or `[committed: <file>]` for a claim read from a committed result file."""
+        if self.source == "live":
+            return "[live]"
+        return f"[committed: {self.file}]" if self.file else "[committed file]"
 
     def __str__(self) -> str:
-        return f"{'PASS' if self.passed else 'FAIL'}  {self.name}: expected {self.expected}, measured {self.measured}"
+        return (f"{'PASS' if self.passed else 'FAIL'}  {self.label} {self.name}: expected {self.expected}, "
+                f"measured {self.measured}")
 
 
 LOG: list[Check] = []
@@ -68,17 +87,21 @@ def _max_abs_diff(a: Any, b: Any) -> float:
 
 
 def expect(name: str, measured: Any, expected: Any = True, tol: float | None = None, *, op: str | None = None,
-           quiet: bool = False) -> Check:
+           quiet: bool = False, source: str = "live", file: str | None = None) -> Check:
     """Check one claim, print its expected-vs-measured line, raise `ClaimFailed` if it is false.
 
     measured/expected tensors (or arrays):  max |measured - expected| <= tol (tol defaults to 0)
     numbers with `tol`:                     |measured - expected| <= tol
     `op` ("<=", ">=", "<", ">", "==", "!="): measured op expected, e.g. a ratio against a limit
     anything else:                          measured == expected (bools, counts, lists of layer names)
-    Returns the `Check` (also appended to `LOG`).
+    `source`: "live" (measured in this run) or "committed" (read from a committed result file, named by `file`);
+    the printed line starts with it. Returns the `Check` (also appended to `LOG`).
     """
     if op is not None and op not in _OPS:
         raise ValueError(f"op={op!r} is not a comparison; use one of {', '.join(_OPS)}")
+    if source not in SOURCES:
+        raise ValueError(f"source={source!r}: use 'live' (measured in this run) or 'committed' (read from a "
+                         "committed result file; expect_committed does this)")
     if _is_tensor(measured) or _is_tensor(expected):
         diff = _max_abs_diff(measured, expected)
         limit = 0.0 if tol is None else tol
@@ -97,6 +120,7 @@ def expect(name: str, measured: Any, expected: Any = True, tol: float | None = N
         check = Check(name, f"{_fmt(expected)} ± {_fmt(tol)}", _fmt(measured), bool(ok))
     else:
         check = Check(name, _fmt(expected), _fmt(measured), bool(measured == expected))
+    check.source, check.file = source, file
     LOG.append(check)
     if not quiet:
         print(check)
@@ -105,13 +129,20 @@ def expect(name: str, measured: Any, expected: Any = True, tol: float | None = N
     return check
 
 
+def expect_committed(name: str, measured: Any, expected: Any = True, tol: float | None = None, *,
+                     op: str | None = None, file: str | None = None, quiet: bool = False) -> Check:
+    """`expect` for a claim read from a committed result file (`file`, e.g. "fast8bit_h100.json"): the line says
+    so, because nothing the learner runs here can make it fail."""
+    return expect(name, measured, expected, tol, op=op, quiet=quiet, source="committed", file=file)
+
+
 def table(checks: list[Check] | None = None):
-    """The checks made so far (or `checks`) as a pandas DataFrame: claim, expected, measured, result."""
+    """The checks made so far (or `checks`) as a pandas DataFrame: claim, source, expected, measured, result."""
     import pandas as pd
 
-    rows = [{"claim": c.name, "expected": c.expected, "measured": c.measured, "result": "PASS" if c.passed else "FAIL"}
-            for c in (LOG if checks is None else checks)]
-    return pd.DataFrame(rows, columns=["claim", "expected", "measured", "result"])
+    rows = [{"claim": c.name, "source": c.label.strip("[]"), "expected": c.expected, "measured": c.measured,
+             "result": "PASS" if c.passed else "FAIL"} for c in (LOG if checks is None else checks)]
+    return pd.DataFrame(rows, columns=["claim", "source", "expected", "measured", "result"])
 
 
-__all__ = ["LOG", "Check", "ClaimFailed", "expect", "table"]
+__all__ = ["LOG", "SOURCES", "Check", "ClaimFailed", "expect", "expect_committed", "table"]

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from labkit.checks import ClaimFailed, expect, table
+from labkit.checks import ClaimFailed, expect, expect_committed, table
 
 
 def test_tensors_within_tolerance_pass_and_outside_fail(capsys):
     a = torch.zeros(3)
     check = expect("same", a + 1e-9, a, tol=1e-6)
-    assert check.passed and "PASS  same" in capsys.readouterr().out
-    with pytest.raises(ClaimFailed, match="FAIL  off"):
+    assert check.passed and "PASS  [live] same" in capsys.readouterr().out
+    with pytest.raises(ClaimFailed, match=r"FAIL  \[live\] off"):
         expect("off", a + 1e-3, a, tol=1e-6)
     with pytest.raises(AssertionError):  # ClaimFailed is an AssertionError: pytest and nbmake report it as one
         expect("shape", torch.zeros(2), torch.zeros(3), tol=1.0)
@@ -38,3 +38,19 @@ def test_equality_and_table():
     df = table()
     assert {"claim", "expected", "measured", "result"} <= set(df.columns)
     assert df["result"].iloc[-1] == "FAIL"
+
+
+def test_each_line_says_whether_it_is_live_or_read_from_a_committed_file(capsys):
+    expect("measured here", 1, 1)
+    expect_committed("from the file", 0.5, 1.0, op="<", file="fast8bit_h100.json")
+    expect("also from a file", True, source="committed")
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["PASS  [live] measured here: expected 1, measured 1",
+                   "PASS  [committed: fast8bit_h100.json] from the file: expected < 1, measured 0.5",
+                   "PASS  [committed file] also from a file: expected True, measured True"]
+    with pytest.raises(ClaimFailed, match=r"FAIL  \[committed: a.json\] wrong"):
+        expect_committed("wrong", 2, 1, file="a.json")
+    assert list(table()["source"].iloc[-4:]) == ["live", "committed: fast8bit_h100.json", "committed file",
+                                                 "committed: a.json"]
+    with pytest.raises(ValueError, match="source='file'"):
+        expect("bad source", 1, 1, source="file")

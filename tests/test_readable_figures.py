@@ -4,6 +4,7 @@ widgets that name their choices. (tests/browser checks the same things on the re
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,3 +108,32 @@ def test_widgets_name_their_choices(tiny):
     live = LiveSweepPlot(backends=["sdpa"], memory_limit_gib=1.0)
     with pytest.raises(traitlets.TraitError, match="not one of the choices"):
         live.model_dropdown.value = "tiny-lama"
+
+
+def test_the_new_pictures_fit_a_notebook_and_keep_their_axes_near_the_data():
+    import json
+
+    from labkit.attention.memory_model import GIB
+    from labkit.plots import causal_tile_map, kernel_timeline_figure, launch_grid_figure, training_memory_figure
+    from labkit.quant.int8_kernel import KernelConfig
+    from labkit.train.memory_model import ModelShape as TrainShape
+    from labkit.train.memory_model import TrainSetup
+    from labkit.widgets import TilingExplainer
+
+    rows = json.loads((Path(__file__).resolve().parents[1] / "data/reference/fast8bit_h100.json").read_text())["rows"]
+    figures = [causal_tile_map([(1024, 128, 64), (300, 128, 64)]),
+               launch_grid_figure([("gate", KernelConfig(16, 32, 256, 1), 1, 11008)]),
+               kernel_timeline_figure(rows, ["bf16", "labkit-int8"]),
+               training_memory_figure(TrainShape.named("llama-2-7b"), 4096, [1, 2], TrainSetup(), limit_gib=80e9 / GIB),
+               TilingExplainer().figure]
+    for fig in figures:
+        assert fig.layout.width is None, fig.layout.title.text  # responsive: fits the notebook's width
+    bars = figures[2]
+    widths = [x for t in bars.data for x in t.x]
+    assert max(b + w for t in bars.data for b, w in zip(t.base, t.x)) <= 3 * max(widths)  # within the browser's slack
+    assert figures[3].layout.yaxis.range[1] < 1.2 * max(sum(t.y[i] for t in figures[3].data if t.type == "bar")
+                                                        for i in range(4))
+    explainer = figures[4]
+    for axis in ("yaxis2", "yaxis3", "yaxis4"):  # fixed to the values of every step, so a step never rescales them
+        lo, hi = explainer.layout[axis].range
+        assert lo < hi

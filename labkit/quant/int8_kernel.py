@@ -162,6 +162,11 @@ def pick_config(m: int, n: int, k: int) -> KernelConfig:
     return KernelConfig(16, 32, 256, split, num_warps=4, num_stages=4)
 
 
+def launch_grid(cfg: KernelConfig, m: int, n: int) -> tuple[int, int, int]:
+    """The kernel's launch grid: (output-channel tiles, split-K parts, token tiles); one program per cell."""
+    return (-(-n // cfg.block_n), cfg.split_k, -(-m // cfg.block_m))
+
+
 def int8_weight_only_mm(x: torch.Tensor, w_int8: torch.Tensor, scale: torch.Tensor,
                         config: KernelConfig | None = None) -> torch.Tensor:
     """x [..., K] (bf16/fp16/fp32) times the INT8 weight w_int8 [N, K] with scale [N]: out [..., N] in x.dtype.
@@ -190,7 +195,7 @@ def int8_weight_only_mm(x: torch.Tensor, w_int8: torch.Tensor, scale: torch.Tens
         out = torch.zeros((m, n), device=x.device, dtype=torch.float32)
     else:
         out = torch.empty((m, n), device=x.device, dtype=x.dtype)
-    grid = (triton.cdiv(n, cfg.block_n), cfg.split_k, triton.cdiv(m, cfg.block_m))
+    grid = launch_grid(cfg, m, n)
     on_cpu = x.device.type == "cpu"
     with _interpreter_switched_on(on_cpu):
         _int8_weight_only_kernel[grid](
@@ -242,6 +247,7 @@ __all__ = [
     "TUNED",
     "int8_weight_only_mm",
     "interpreted",
+    "launch_grid",
     "pick_config",
     "quantize_per_channel",
     "reference_mm",

@@ -16,9 +16,9 @@ The inference model (labkit.attention.memory_model) counts weights + one layer's
 The step has two peaks and the larger one wins:
     backward         states + working weights + grad buffers + activations + max(one layer's recompute, loss)
     optimizer step   states + optimizer temp (activations are gone by then)
-With a 7B model on 2 GPUs the optimizer step is the peak up to ~16k tokens, the backward beyond. (The first
-version of this model added every part at once; the 2 x H200 measurements showed the two phases, and the
-foreach temporary, and the model was rewritten to follow them.) Activation fake quantization (QAT w8a8)
+With a 7B model on 2 GPUs the optimizer step is the peak up to ~16k tokens, the backward beyond. Adding every
+part at once would overstate the peak: the activations are freed before the optimizer step, and the foreach
+temporary lives only inside it (the 2 x H200 measurements follow the two phases). Activation fake quantization (QAT w8a8)
 saves the quantized input of each fake-quantized Linear as well. Like the inference model it ignores allocator
 rounding and small buffers: it should track `torch.cuda.max_memory_allocated`, not match it to the byte.
 """

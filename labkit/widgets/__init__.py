@@ -1,8 +1,9 @@
-"""Notebook widgets: the live sweep plot and the layer picker (a value outside a control's choices raises
-ChoiceError, which lists them)."""
+"""Notebook widgets: the live sweep plot, the layer picker and the tiling explainer (a value outside a control's
+choices raises ChoiceError, which lists them)."""
 
 from labkit.widgets.live_plot import LiveSweepPlot, static_figure
 from labkit.widgets.choices import ChoiceError
 from labkit.widgets.layer_picker import LayerPicker
+from labkit.widgets.tiling import TilingExplainer
 
-__all__ = ["ChoiceError", "LayerPicker", "LiveSweepPlot", "static_figure"]
+__all__ = ["ChoiceError", "LayerPicker", "LiveSweepPlot", "TilingExplainer", "static_figure"]

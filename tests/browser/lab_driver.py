@@ -29,7 +29,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run
                   "--disable-component-update", "--disable-sync"]
 VIEWPORT = {"width": 1280, "height": 900}  # a laptop screen: the notebook area is what is left beside the sidebar
 # Code that shows figures or widgets: the notebooks the browser has something to check in.
-SHOWS_SOMETHING = re.compile(r"\.show\(\)|LayerPicker\(|LiveSweepPlot\(|FigureWidget\(|ipywidgets|interact\(")
+SHOWS_SOMETHING = re.compile(r"\.show\(\)|LayerPicker\(|LiveSweepPlot\(|TilingExplainer\(|FigureWidget\(|ipywidgets|interact\(")
 
 
 def chromium_path() -> str | None:

@@ -2,7 +2,8 @@
 
 For each notebook: open it in JupyterLab (started the README's way), Run All in quick mode, then check what a
 learner sees: no error output, every widget drawn, the layer picker answering a preset and refusing a filter
-that matches nothing, the live sweep plot growing point by point, and for every plotly figure (read from the
+that matches nothing, the live sweep plot growing point by point, the tiling explainer answering its stepper and
+a block-size slider, and for every plotly figure (read from the
 page) axis ranges near their data, readable tick labels and no subplot past the width it is shown in. The saved
 notebook is then reopened on a fresh kernel (widgets must still be drawn) and exported to HTML the way
 `make run` does, and the same figure checks run on that page. Screenshots go to build/screenshots/.
@@ -168,6 +169,47 @@ def check_live_sweep(page, live) -> list[str]:
     return problems
 
 
+EXPLAINER_JS = """(el) => { const gd = el.querySelector('.js-plotly-plot'); if (!gd || !gd.layout) return null;
+  const shapes = gd.layout.shapes || [];
+  return {title: (gd.layout.title && gd.layout.title.text) || '', x0: shapes.length ? shapes[0].x0 : null,
+          traces: (gd.data || []).length}; }"""
+
+
+def check_tiling_explainer(page, explainer) -> list[str]:
+    """The stepper moves the outlined tile and the status; a block-size slider rebuilds the steps; the last step
+    says the output equals softmax attention."""
+    problems = []
+    status = explainer.locator(".widget-html", has_text=re.compile("step \\d+ of")).first
+    deadline, before = time.monotonic() + 60, None
+    while time.monotonic() < deadline:  # a FigureWidget draws after its cell has finished
+        before = explainer.evaluate(EXPLAINER_JS)
+        if before and before["traces"] >= 4:
+            break
+        time.sleep(0.5)
+    else:
+        return [f"the tiling explainer drew no figure within 60 s: {before}"]
+    explainer.get_by_role("button", name=re.compile("next tile")).click()
+    moved = _wait_text(status, lambda t: "step 2 of" in t, 30)
+    after = explainer.evaluate(EXPLAINER_JS)
+    print(f"explainer: next tile -> {moved[:60]!r}, outline x0 {before['x0']} -> {after['x0']}, title {after['title'][:50]!r}")
+    if after["x0"] == before["x0"] or "tile 2 of" not in after["title"]:
+        problems.append(f"'next tile' did not move the figure: {before} -> {after}")
+    total = int(re.search(r"step \d+ of (\d+)", moved)[1])
+    slider = explainer.locator(".widget-hslider", has_text="Bc").locator(".noUi-handle").first
+    slider.focus()
+    slider.press("ArrowRight")  # the next key block size: fewer key/value tiles
+    rebuilt = _wait_text(status, lambda t: (m := re.search(r"step 1 of (\d+)", t)) is not None and int(m[1]) < total,
+                         30)
+    print(f"explainer: Bc slider -> {rebuilt[:40]!r} (was {total} tiles)")
+    steps = int(re.search(r"step 1 of (\d+)", rebuilt)[1])
+    for _ in range(steps - 1):
+        explainer.get_by_role("button", name=re.compile("next tile")).click()
+    last = _wait_text(status, lambda t: f"step {steps} of {steps}" in t, 30)
+    if "✓ last step" not in last:
+        problems.append(f"the explainer's last step does not show the check against softmax attention: {last[-160:]!r}")
+    return problems
+
+
 # -- the test --------------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -194,6 +236,9 @@ def test_notebook_in_browser(session, notebook: Path):
             problems += check_layer_picker(page, picker)
         for live in page.locator(".jp-OutputArea-output", has=page.get_by_role("button", name="Run sweep")).all():
             problems += check_live_sweep(page, live)
+        for explainer in page.locator(".jp-OutputArea-output",
+                                      has=page.get_by_role("button", name=re.compile("next tile"))).all():
+            problems += check_tiling_explainer(page, explainer)
         n_figures, figure_problems = _figure_problems(page, "JupyterLab")
         _screenshots(page, notebook.stem)
         save(page)
