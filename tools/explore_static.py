@@ -43,12 +43,15 @@ CANDIDATES = {
 OBSERVERS = ("minmax", "percentile", "mse")
 
 
+DEVICE = "cpu"
+
+
 def collate(rows, tokenizer):
     from transformers import DataCollatorWithPadding
 
     b = dict(DataCollatorWithPadding(tokenizer)(rows))
     b.setdefault("token_type_ids", torch.zeros_like(b["input_ids"]))
-    return b
+    return {k: v.to(DEVICE) for k, v in b.items()}
 
 
 def batches(ds, tokenizer, bs, seed=None, limit=None):
@@ -63,9 +66,12 @@ def batches(ds, tokenizer, bs, seed=None, limit=None):
 
 @torch.no_grad()
 def accuracy(model, ev, tokenizer, bs=64) -> float:
+    """Accuracy in % on every row of `ev`; batches of similar length (less padding, same predictions)."""
     model.eval()
+    order = sorted(range(len(ev)), key=lambda i: len(ev[i]["input_ids"]))
     correct = 0
-    for b in batches(ev, tokenizer, bs):
+    for s in range(0, len(order), bs):
+        b = collate([ev[i] for i in order[s:s + bs]], tokenizer)
         labels = b.pop("labels")
         correct += int((model(**b).logits.argmax(-1) == labels).sum())
     return 100.0 * correct / len(ev)
@@ -120,13 +126,19 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--lr", type=float, default=None, help="weights (finetune 5e-5, qat 2e-5)")
-    ap.add_argument("--scale-lr", type=float, default=1e-4)
+    ap.add_argument("--scale-lr", type=float, default=1e-3,
+                    help="relative: each scale's Adam learning rate is this times its calibrated value")
     ap.add_argument("--candidates", default=",".join(CANDIDATES))
     ap.add_argument("--observers", default=",".join(OBSERVERS))
     ap.add_argument("--qat-observer", default=None, help="calibration QAT starts from (default: the best PTQ one)")
     ap.add_argument("--calib-batches", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--n-train", type=int, default=None, help="finetune rows (default steps x 32; all: 67349)")
+    ap.add_argument("--qat-rows", type=int, default=20000, help="training rows QAT and calibration draw from")
+    ap.add_argument("--device", default="cpu", help="where training and evaluation run (cpu or cuda)")
     args = ap.parse_args(argv)
+    global DEVICE
+    DEVICE = args.device
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -136,12 +148,13 @@ def main(argv=None) -> int:
 
     if args.stage == "finetune":
         torch.manual_seed(args.seed)
-        model, tok = load_classifier("minilm-l6", num_labels=2, device="cpu")
-        tr = tokenize_classification(load_text_classification("sst2", "train", n=args.steps * 32, seed=args.seed), tok)
+        model, tok = load_classifier("minilm-l6", num_labels=2, device=DEVICE)
+        n = args.n_train or args.steps * 32
+        tr = tokenize_classification(load_text_classification("sst2", "train", n=min(n, 67349), seed=args.seed), tok)
         ev = tokenize_classification(load_text_classification("sst2", "validation"), tok)
         info = train(model, tr, tok, args.steps, [{"params": list(model.parameters()), "lr": args.lr or 5e-5}],
                      seed=args.seed)
-        model.save_pretrained(ckpt)
+        model.to("cpu").save_pretrained(ckpt)
         tok.save_pretrained(ckpt)
         record(results, {"key": f"{base_key}/fp32", "variant": "fp32", "acc": accuracy(model, ev, tok), **info,
                          "n_train": len(tr)})
@@ -153,10 +166,10 @@ def main(argv=None) -> int:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(ckpt)
-    fp32 = AutoModelForSequenceClassification.from_pretrained(ckpt).eval()
+    fp32 = AutoModelForSequenceClassification.from_pretrained(ckpt).to(DEVICE).eval()
     ev = tokenize_classification(load_text_classification("sst2", "validation"), tok)
     # calibration and QAT rows: training rows the fine-tune did not see first (another shuffle seed)
-    tr = tokenize_classification(load_text_classification("sst2", "train", n=20000, seed=args.seed + 100), tok)
+    tr = tokenize_classification(load_text_classification("sst2", "train", n=args.qat_rows, seed=args.seed + 100), tok)
     calib = list(batches(tr, tok, 32, seed=1, limit=args.calib_batches))
     have = done_keys(results)
     for cand in args.candidates.split(","):
@@ -183,14 +196,15 @@ def main(argv=None) -> int:
             scales = learn_scales(m)
             ids = {id(p) for p in scales}
             weights = [p for p in m.parameters() if id(p) not in ids and p.requires_grad]
-            info = train(m, tr, tok, args.steps, [{"params": weights, "lr": args.lr or 2e-5},
-                                                  {"params": scales, "lr": args.scale_lr}], seed=args.seed)
+            groups = [{"params": weights, "lr": args.lr or 2e-5}]
+            groups += [{"params": [p], "lr": args.scale_lr * float(p.detach())} for p in scales]
+            info = train(m, tr, tok, args.steps, groups, seed=args.seed)
             freeze_scales(m)
             record(results, {"key": key, "candidate": cand, "variant": f"qat-{obs}", "acc": accuracy(m, ev, tok),
                              **info})
             torch.save({n: q.scale.detach() for n, q in static_quantizers(m).items()},
                        work / f"{cand}_qat_scales_s{args.seed}.pt")
-            torch.save(m.state_dict(), work / f"{cand}_qat_s{args.seed}.pt")
+            torch.save({k: v.cpu() for k, v in m.state_dict().items()}, work / f"{cand}_qat_s{args.seed}.pt")
     return 0
 
 

@@ -49,8 +49,8 @@ DTYPES = {"uint8": (0, 255), "int8": (-128, 127)}
 OBSERVERS = ("minmax", "percentile", "mse")
 ATTENTION_NAME = "labkit_static_int8"
 STATE_ATTR = "_labkit_static"
-SAMPLE_PER_BATCH = 1 << 16  # values each observer keeps from a batch for percentile / MSE searches
-SAMPLE_MAX = 1 << 21
+SAMPLE_PER_BATCH = 1 << 14  # values each observer keeps from a batch for percentile / MSE searches
+SAMPLE_MAX = 1 << 18
 SHARED_INPUTS = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
@@ -134,7 +134,7 @@ class Observer:
             p = self.percentile / 100
             return float(torch.quantile(sample, 1 - p)), float(torch.quantile(sample, p))
         best, best_err = (lo, hi), math.inf  # "mse": the clip fraction of [lo, hi] with the least squared error
-        for frac in torch.linspace(0.05, 1.0, 96).tolist():
+        for frac in torch.linspace(0.05, 1.0, 48).tolist():
             s, z = qparams_for_range(lo * frac, hi * frac, qmin, qmax, symmetric)
             err = float(((fake_quantize_static(sample, s, z, qmin, qmax) - sample) ** 2).mean())
             if err < best_err:
@@ -387,6 +387,9 @@ def prepare_static(model: nn.Module, config: StaticInt8Config | None = None) -> 
         for n in atts:
             modules[n].static_quantizers = AttentionQuantizers(dt, obs)
         model.set_attn_implementation(ATTENTION_NAME)
+    device = next(model.parameters()).device
+    for q in static_quantizers(model).values():
+        q.to(device)
     setattr(model, STATE_ATTR, StaticState(config, names, lns, atts))
     return model
 
