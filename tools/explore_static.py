@@ -39,6 +39,12 @@ CANDIDATES = {
     "b-full": dict(attention=True, outputs=r"output\.dense$", layernorm_inputs=True),  # whole encoder integer
     "c-w4": dict(weight_bits=4, weight_group_size=32),  # 4-bit group-32 weights, static 8-bit Linear inputs
     "c-w4-g128": dict(weight_bits=4, weight_group_size=128),
+    # the deploy-exact variants: 7-bit weight codes (exact INT8 GEMMs on x86 without VNNI, see labkit.quant.static)
+    "a-w7": dict(weight_bits=7),
+    "b-attn-w7": dict(attention=True, weight_bits=7),
+    "b-full-w7": dict(attention=True, outputs=r"output\.dense$", layernorm_inputs=True, weight_bits=7),
+    # symmetric INT8 activations (zero point 0), as runtimes without zero points take them
+    "b-full-sym": dict(attention=True, outputs=r"output\.dense$", layernorm_inputs=True, activation_dtype="int8"),
 }
 OBSERVERS = ("minmax", "percentile", "mse")
 
