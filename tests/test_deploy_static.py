@@ -140,7 +140,8 @@ def test_the_quantizer_is_quantize_linear_bit_for_bit(tmp_path, scale):
          helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], "qdq",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
-        [numpy_helper.from_array(np.array(scale, np.float32), "s"), numpy_helper.from_array(np.array(128, np.uint8), "z")])
+        [numpy_helper.from_array(np.array(scale, np.float32), "s"),
+         numpy_helper.from_array(np.array(128, np.uint8), "z")])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     onnx.save(m, str(tmp_path / "qdq.onnx"))

@@ -110,7 +110,8 @@ def train(model, tr, tokenizer, steps, groups, bs=32, seed=0, warmup=0.06, log=5
                 break
         epoch += 1
     model.eval()
-    return {"steps": steps, "final_loss": sum(losses[-log:]) / min(log, len(losses)), "train_s": round(time.time() - t0)}
+    return {"steps": steps, "final_loss": sum(losses[-log:]) / min(log, len(losses)),
+            "train_s": round(time.time() - t0)}
 
 
 def done_keys(path: Path) -> set:

@@ -107,7 +107,8 @@ def main(argv=None) -> int:
     p10_peer = p10_p90(times["ort-peer"])[0]
     for r in sorted(rows, key=lambda r: r["p50_ms"]):
         beyond = "p90 < peer p10" if r["p90_ms"] < p10_peer else ""
-        print(f"{r['variant']:22s} {r['p50_ms']:8.1f} ({r['p10_ms']:.1f}-{r['p90_ms']:.1f}) x{r['vs_peer_p50']:.2f} {beyond}")
+        print(f"{r['variant']:22s} {r['p50_ms']:8.1f} ({r['p10_ms']:.1f}-{r['p90_ms']:.1f}) "
+              f"x{r['vs_peer_p50']:.2f} {beyond}")
     with (out / "latency.jsonl").open("a") as f:
         f.write(json.dumps({"threads": args.threads, "batch": args.batch, "seq": args.seq, "rows": rows,
                             "date": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")

@@ -118,7 +118,8 @@ class Observer:
         self.calls += 1
         if self.kind != "minmax" and self.kept < SAMPLE_MAX:
             g = torch.Generator().manual_seed(self.calls)
-            pick = x if x.numel() <= SAMPLE_PER_BATCH else x[torch.randint(0, x.numel(), (SAMPLE_PER_BATCH,), generator=g)]
+            pick = x if x.numel() <= SAMPLE_PER_BATCH else x[
+                torch.randint(0, x.numel(), (SAMPLE_PER_BATCH,), generator=g)]
             self.samples.append(pick)
             self.kept += pick.numel()
 
