@@ -45,6 +45,8 @@ CANDIDATES = {
     "b-full-w7": dict(attention=True, outputs=r"output\.dense$", layernorm_inputs=True, weight_bits=7),
     # symmetric INT8 activations (zero point 0), as runtimes without zero points take them
     "b-full-sym": dict(attention=True, outputs=r"output\.dense$", layernorm_inputs=True, activation_dtype="int8"),
+    "b-full-sym-w7": dict(attention=True, outputs=r"output\.dense$", layernorm_inputs=True, activation_dtype="int8",
+                          weight_bits=7),
 }
 OBSERVERS = ("minmax", "percentile", "mse")
 
