@@ -354,6 +354,47 @@ def cpu_from_flags(flags: dict[str, bool], model: str = "unknown", arch: str = "
                      source="a result file's cpu_flags")
 
 
+TRITON_PLATFORMS = "Linux on x86_64 and aarch64"
+"""Where PyPI has Triton wheels (requirements.txt installs it there only)."""
+_SYSTEMS = {"Darwin": "macOS"}
+
+
+def triton_status() -> tuple[bool, str]:
+    """(importable, why): whether `import triton` can work here, found without importing it (importing Triton
+    fixes its CPU-interpreter switch for the whole process, see notebooks 02b and 03b)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("triton")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        return False, (f"Triton is not installed here: it ships for {TRITON_PLATFORMS} only "
+                       f"(this is {_SYSTEMS.get(platform.system(), platform.system())} {platform.machine()}), so its "
+                       "kernels cannot run")
+    return True, f"Triton {package_version('triton') or ''} is installed".replace("  ", " ")
+
+
+def function_source(module: str, name: str) -> str:
+    """The source text of function `name` in `module`, read from the file without importing the module: shows
+    a Triton kernel on a machine without Triton."""
+    import ast
+    import importlib.util
+    import textwrap
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin:
+        raise ModuleNotFoundError(f"no module {module!r}")
+    with open(spec.origin, encoding="utf-8") as fh:
+        text = fh.read()
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
+            lines = text.splitlines(keepends=True)
+            start = min([d.lineno for d in node.decorator_list] + [node.lineno]) - 1
+            return textwrap.dedent("".join(lines[start:node.end_lineno]))
+    raise NameError(f"{module} has no function {name!r}")
+
+
 @dataclass
 class EnvReport:
     """What labkit found on this machine."""
