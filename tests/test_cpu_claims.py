@@ -20,11 +20,15 @@ DEPLOY_REFERENCE = ROOT / "data" / "reference" / "deploy_bert_cpu.json"
 
 # claim -> family -> asserted there?
 GATES = {
+    "ort-int8-same-labels-as-torchao": {"amx": True, "vnni": True, "avx2": False, "arm": False},
+    "ort-int8-accuracy-as-torchao": {"amx": True, "vnni": True, "avx2": False, "arm": False},
     "ort-int8-beats-fp32-eager": {"amx": True, "vnni": True, "avx2": True, "arm": False},
     "int8-gemms-largest-group": {"amx": False, "vnni": True, "avx2": True, "arm": False},
 }
 # a measured value that makes each claim true, and one that makes it false
 TRUE_FALSE = {
+    "ort-int8-same-labels-as-torchao": (True, False),
+    "ort-int8-accuracy-as-torchao": (True, False),
     "ort-int8-beats-fp32-eager": (0.6, 1.3),
     "int8-gemms-largest-group": ("integer GEMMs", "attention (float)"),
 }
@@ -78,6 +82,8 @@ def test_the_committed_run_satisfies_every_claim_asserted_on_its_cpu():
         "ort-int8-beats-fp32-eager": cpu_claims.ort_speed_ratio(ref["latency"], batch=8, threads=1),
         "int8-gemms-largest-group": cpu_claims.largest_group(ref["profile_ort"]["ort-qat-int8-exact"]["groups"]),
     }
+    assert set(measured) == {n for n, c in cpu_claims.CLAIMS.items() if c.applies(cpu)
+                             and c.seen[cpu.family].startswith("true in the committed")}
     for name, value in measured.items():
         assert GATES[name][cpu.family]
         assert cpu_claims.check(name, value, cpu=cpu).passed

@@ -71,6 +71,11 @@ def test_weight_check_catches_a_different_grid(models, int8_file):
 
 
 def test_deployed_int8_predicts_the_torchao_labels(models, int8_file):
+    from labkit.cpu_claims import CLAIMS
+
+    claim = CLAIMS["ort-int8-same-labels-as-torchao"]  # exact INT8 dot products: VNNI or AMX, not AVX2 alone
+    if not claim.applies():
+        pytest.skip(claim.why_not_checked())
     batch = fixed_batch()
     clf = OnnxClassifier(int8_file[0])
     ort_labels, torch_labels = predict(clf, batch), predict(models[1], batch)
