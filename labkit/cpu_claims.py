@@ -65,6 +65,19 @@ CLAIMS: dict[str, CpuClaim] = {c.name: c for c in (
                       "ORT's MatMulInteger there differs from the exact integer product"},
     ),
     CpuClaim(
+        name="ort-int8-gemm-exact",
+        lessons=(),
+        statement="one quantized Linear of the ORT graph == torchao's INT8 Linear, to float rounding",
+        expected=True, op=None,
+        depends_on=EXACT_INT8,
+        checked_on=("amx", "vnni"),
+        seen={"vnni": "true in the lab's test runs on the AMD EPYC with AVX-512 VNNI that measured the committed "
+                      "latencies",
+              "amx": "true in the lab's test run on an Intel Xeon with AMX",
+              "avx2": "false in the lab's unit test on an AMD EPYC with AVX2 only: outputs off by as much as the "
+                      "outputs themselves"},
+    ),
+    CpuClaim(
         name="ort-int8-accuracy-as-torchao",
         lessons=("01b_deploy_bert_cpu",),
         statement="eval sentences labelled differently by ORT INT8 and torchao INT8 <= max(2, 2% of them)",

@@ -20,6 +20,7 @@ DEPLOY_REFERENCE = ROOT / "data" / "reference" / "deploy_bert_cpu.json"
 
 # claim -> family -> asserted there?
 GATES = {
+    "ort-int8-gemm-exact": {"amx": True, "vnni": True, "avx2": False, "arm": False},
     "ort-int8-same-labels-as-torchao": {"amx": True, "vnni": True, "avx2": False, "arm": False},
     "ort-int8-accuracy-as-torchao": {"amx": True, "vnni": True, "avx2": False, "arm": False},
     "ort-int8-beats-fp32-eager": {"amx": True, "vnni": True, "avx2": True, "arm": False},
@@ -27,6 +28,7 @@ GATES = {
 }
 # a measured value that makes each claim true, and one that makes it false
 TRUE_FALSE = {
+    "ort-int8-gemm-exact": (True, False),
     "ort-int8-same-labels-as-torchao": (True, False),
     "ort-int8-accuracy-as-torchao": (True, False),
     "ort-int8-beats-fp32-eager": (0.6, 1.3),

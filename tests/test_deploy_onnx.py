@@ -153,6 +153,12 @@ def test_one_int8_linear_in_the_graph_computes_torchaos_result(models, int8_file
     codes, integer matmul, both scales), to float rounding."""
     import onnx
 
+    from labkit.cpu_claims import CLAIMS
+
+    claim = CLAIMS["ort-int8-gemm-exact"]  # exact INT8 dot products: VNNI or AMX, not AVX2 alone
+    if not claim.applies():
+        pytest.skip(claim.why_not_checked())
+
     graph = onnx.load(str(int8_file[0]))
     module = "bert.encoder.layer.0.attention.self.query"
     node = next(n for n in graph.graph.node if n.op_type == "MatMulIntegerToFloat"
