@@ -5,6 +5,9 @@
                                                         dot-product / i8mm), cores and threads; `CpuReport` is a
                                                         plain dataclass, and `use_cpu_report` puts a hand-built one
                                                         in its place (tests of claims that hold on some CPUs only)
+    triton_status() / function_source()                 whether Triton can be imported here; a kernel's source
+                                                        read from its file, without importing it
+    lesson_plan() / expected_lesson_minutes()           what each lesson runs live here, and for how long
     report() / provenance() / help_block()              versions and device; the block a result file records;
                                                         the block to paste when asking for help
 """
@@ -19,7 +22,7 @@ import platform
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
@@ -603,7 +606,8 @@ def help_block(backends: dict[str, str] | None = None) -> str:
         f"data {data_line} · hub {'offline (HF_HUB_OFFLINE=1)' if offline else 'online allowed'}",
     ]
     if backends:
-        lines.append("attention " + ", ".join(f"{k}: {'ok' if v == 'available' else 'no'}" for k, v in backends.items()))
+        lines.append("attention " + ", ".join(f"{k}: {'ok' if v == 'available' else 'no'}"
+                                              for k, v in backends.items()))
     lines.append("---- end ----")
     return "\n".join(lines)
 

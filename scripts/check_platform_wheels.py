@@ -9,8 +9,8 @@ requirements-embedded.txt by default, `-r` includes followed) whose environment 
 that platform, not for this machine) must have a wheel of exactly that version for that platform and Python.
 pip answers that question itself: `pip index versions NAME --platform ... --python-version ... --only-binary=:all:`
 lists the versions with such a wheel (asked in a few pip processes, each calling pip's command line for several
-packages, since starting a process per package costs more than the questions). Lines whose marker excludes the platform (Triton off Linux) are skipped
-and listed.
+packages, since starting a process per package costs more than the questions). Lines whose marker excludes the
+platform (Triton off Linux) are skipped and listed.
 
 Why not `pip install --dry-run --platform ... -r requirements.txt`: pip evaluates environment markers against the
 machine it runs on, not the `--platform` given, so it would resolve Linux-only dependencies (torch's CUDA
@@ -215,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="*", help=f"requirement files (default: {', '.join(DEFAULT_FILES)})")
     parser.add_argument("--platform", default="macos-arm64,linux-aarch64",
-                        help=f"comma-separated targets: {', '.join(TARGETS)}, or all (default: macos-arm64,linux-aarch64)")
+                        help=f"comma-separated targets: {', '.join(TARGETS)}, or all "
+                             "(default: macos-arm64,linux-aarch64)")
     parser.add_argument("--python", default="3.11", help="Python version of the wheels (default 3.11)")
     parser.add_argument("--index-url", default=INDEX, help=f"the package index (default {INDEX})")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one pip process's questions
@@ -239,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     for target, where, req, _ in [(*s, None) for s in skipped]:
         print(f"skip  {target:14s} {where:28s} {req}  (its marker excludes {target})")
     for target, where, req, reason in problems:
-        print(f"{'UNCHECKED' if reason.startswith('unanswered') else 'FAIL':9s} {target:14s} {where:28s} {req}: {reason}")
+        label = "UNCHECKED" if reason.startswith("unanswered") else "FAIL"
+        print(f"{label:9s} {target:14s} {where:28s} {req}: {reason}")
     checked = f"Python {args.python}, {', '.join(names)}, {', '.join(str(f.name) for f in files)}"
     failed = [p for p in problems if not p[3].startswith("unanswered")]
     if failed:

@@ -109,7 +109,7 @@ def _code(path: Path) -> str:
 
 
 def test_lessons_state_their_cpu_claims_through_labkit():
-    notebooks = sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "notebooks" / "solutions").glob("*.ipynb"))
+    notebooks = sorted((ROOT / "notebooks").glob("**/*.ipynb"))
     called: dict[str, set[str]] = {}
     for path in notebooks:
         for name in re.findall(r"cpu_claims\.check\(\s*\"([^\"]+)\"", _code(path)):

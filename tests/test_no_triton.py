@@ -29,7 +29,8 @@ def _env() -> dict[str, str]:
 def _run(code: str, timeout: int = 600) -> str:
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=_env(), capture_output=True,
                          text=True, timeout=timeout)
-    assert out.returncode == 0, f"exit {out.returncode}\n--- stdout\n{out.stdout[-3000:]}\n--- stderr\n{out.stderr[-3000:]}"
+    assert out.returncode == 0, (f"exit {out.returncode}\n--- stdout\n{out.stdout[-3000:]}\n"
+                                 f"--- stderr\n{out.stderr[-3000:]}")
     return out.stdout
 
 
