@@ -486,7 +486,9 @@ def expected_lesson_minutes(record: dict | None = None, probe_ms: float | None =
     probe_ms = cpu_speed_probe() if probe_ms is None else probe_ms
     minutes = {stem: r["seconds"] * probe_ms / r["probe_ms"] / 60 for stem, r in record["lessons"].items()}
     prov = record["provenance"]
-    note = (f"recorded quick-profile run times ({prov['date'][:10]}, {prov['cpu']}, {prov['threads']} threads), "
+    load = prov.get("load_average_at_start")
+    busy = f", recorded while other jobs ran (load {load:.1f})" if load and load > prov["threads"] else ""
+    note = (f"recorded quick-profile run times ({prov['date'][:10]}, {prov['cpu']}, {prov['threads']} threads{busy}), "
             f"scaled by a float matmul probe: {probe_ms:.0f} ms here; the ratio is a rough guide (model loading, "
             "compilation and Python overhead scale differently), and a GPU runs the quick profile faster")
     return minutes, note

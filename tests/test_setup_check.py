@@ -42,6 +42,9 @@ def test_expected_minutes_scale_each_lesson_by_the_probe():
     minutes, note = env.expected_lesson_minutes(record, probe_ms=20.0)  # this machine twice as fast as the first
     assert minutes == pytest.approx({"00_setup_check": 0.5, "01b_deploy_bert_cpu": 1.25})
     assert "recorded quick-profile run times" in note and "AMD EPYC" in note and "20 ms here" in note
+    assert "other jobs" not in note
+    record["provenance"]["load_average_at_start"] = 7.9
+    assert "recorded while other jobs ran (load 7.9)" in env.expected_lesson_minutes(record, probe_ms=20.0)[1]
 
 
 def test_the_committed_lesson_times_cover_every_lesson():
