@@ -47,13 +47,18 @@ def test_expected_minutes_scale_each_lesson_by_the_probe():
     assert "recorded while other jobs ran (load 7.9)" in env.expected_lesson_minutes(record, probe_ms=20.0)[1]
 
 
-def test_the_committed_lesson_times_cover_every_lesson():
+def test_the_committed_lesson_times_are_a_quick_run_that_says_what_it_lacks():
     path = ROOT / "data" / "reference" / env.LESSON_TIMES
     if not path.is_file():
-        pytest.skip(f"{path.name} is not committed: notebook 00 says the times are unknown")
+        pytest.skip(f"{path.name} is not committed: notebook 00 says the times are not recorded")
     record = json.loads(path.read_text())
-    assert record["status"] == "complete" and record["provenance"]["profile"] == "quick"
-    assert set(record["lessons"]) == {lesson.stem for lesson in env.LESSONS}
+    assert record["provenance"]["profile"] == "quick" and record["status"] in ("complete", "partial")
+    timed, known = set(record["lessons"]), {lesson.stem for lesson in env.LESSONS}
+    assert timed <= known and timed
+    if record["status"] == "partial":  # notebook 00 shows "not recorded" for the rest
+        assert all(stem in record["reason"] for stem in known - timed)
+    else:
+        assert timed == known
     assert all(r["seconds"] > 0 and r["probe_ms"] > 0 for r in record["lessons"].values())
 
 
