@@ -186,7 +186,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     for name, (module_name, help_text) in EXPERIMENTS.items():
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--profile", choices=("quick", "full"), default=None,
-                       help="run profile (default: $LABKIT_PROFILE, else full on a GPU, quick on a CPU)")
+                       help="run profile (default: $LABKIT_PROFILE, else quick)")
         if name in OWN_FILES and name not in OPTIONS:  # declares its own options and writes its own files
             p.add_argument("--out", default=None, help="result file")
             importlib.import_module(module_name).add_arguments(p)

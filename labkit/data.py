@@ -120,12 +120,20 @@ def _read_imdb(path: Path) -> dict[str, list]:
 
 
 def _read_folder(spec: _Spec, path: Path) -> dict[str, list]:
+    """The rows of one dataset file; a file with no rows (empty, whitespace only, a header alone) is an error."""
     if spec.folder == "sst2":
-        return _read_sst2(path)
-    if spec.folder == "imdb":
-        return _read_imdb(path)
-    with open(path, encoding="utf-8") as fh:  # wikitext: one line a row, as the hub's dataset has it
-        return {"text": fh.readlines()}
+        rows = _read_sst2(path)
+    elif spec.folder == "imdb":
+        rows = _read_imdb(path)
+    else:
+        with open(path, encoding="utf-8") as fh:  # wikitext: one line a row, as the hub's dataset has it
+            rows = {"text": fh.readlines()}
+    if not any(t.strip() for t in rows["text"]):
+        what = "no text" if rows["text"] else "no rows"
+        raise DataFormatError(f"{path} has {what} ({path.stat().st_size} bytes): a {spec.title} file cut short or "
+                              "emptied; restore it from the lab's data copy, or point "
+                              f"{DATA_VARIABLE} / data_dir at a folder whose {spec.folder}/{path.name} has rows")
+    return rows
 
 
 def _from_hub(spec: _Spec, split: str):
@@ -280,4 +288,6 @@ def describe_sources(data_dir=None):
         except DataNotFoundError as err:
             rows.append({"dataset": DATASETS[name].title, "split": split, "rows": 0,
                          "source": "NOT FOUND: " + str(err).splitlines()[0]})
+        except DataFormatError as err:
+            rows.append({"dataset": DATASETS[name].title, "split": split, "rows": 0, "source": f"BROKEN: {err}"})
     return pd.DataFrame(rows)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -70,18 +71,61 @@ def _canonical(name: str) -> str:
     return ALIASES.get(name.lower(), name.lower()) if isinstance(name, str) else name
 
 
+def _local_alternatives(kind: str, known: list[str]) -> str:
+    return (f"Local alternatives: the embedded {kind}{'s' if len(known) > 1 else ''} {', '.join(map(repr, known))}, "
+            "or the path of a local folder with the model's config.json and weights (one written by "
+            "`save_pretrained`, or a copy of the hub's files)")
+
+
+def hub_unreachable(err: BaseException | None = None) -> bool:
+    """True when the Hugging Face hub cannot be reached: HF_HUB_OFFLINE is set, or `err` (a failed load) came
+    from a connection that failed rather than from a hub that answered "no such model"."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if type(err).__name__ in ("LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError",
+                                  "ConnectTimeout", "ReadTimeout", "ConnectError", "TimeoutException"):
+            return True
+        if "couldn't connect to" in str(err) or "Name or service not known" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def _unknown(name: str, kind: str, known: list[str], cause: Exception | None = None) -> UnknownModelError:
-    hint = (
-        f"unknown {kind} {name!r}. Known names: {', '.join(known)}; or give a Hugging Face hub id such as "
-        f"'org/model' (needs the hub, or a local folder path)."
-    )
-    if cause is not None:
-        hint += f" Loading it as a hub id failed: {type(cause).__name__}: {str(cause).splitlines()[0]}"
-    return UnknownModelError(hint)
+    if cause is None and kind == "model shape":
+        return UnknownModelError(f"unknown model shape {name!r}; known shapes: {', '.join(known)}")
+    if cause is None:
+        return UnknownModelError(
+            f"unknown {kind} {name!r}: not an embedded name ({', '.join(known)}) and not a Hugging Face hub id "
+            f"('gpt2', 'bert-base-uncased', 'org/model') or a local folder. {_local_alternatives(kind, known)}.")
+    if hub_unreachable(cause):
+        why = ("HF_HUB_OFFLINE=1 is set" if os.environ.get("HF_HUB_OFFLINE") else "no network connection to it")
+        return UnknownModelError(
+            f"{kind} {name!r} could not be loaded: the Hugging Face hub is unreachable ({why}) and {name!r} is not "
+            f"in the local hub cache. {_local_alternatives(kind, known)}. Or connect to the hub and load it once "
+            "(it is cached afterwards).")
+    return UnknownModelError(
+        f"{kind} {name!r} could not be loaded as a hub id ({type(cause).__name__}: {str(cause).splitlines()[0]}). "
+        f"Check the spelling on the hub ('gpt2', 'bert-base-uncased', 'org/model'). "
+        f"{_local_alternatives(kind, known)}.")
 
 
 def _looks_like_hub_id(name: str) -> bool:
-    return "/" in name or Path(name).is_dir()
+    """A local folder, or a name the hub accepts as a model id: `name` or `org/name` (letters, digits, - _ .)."""
+    if Path(name).expanduser().is_dir():
+        return True
+    try:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+        return bool(re.fullmatch(r"([\w.-]+/)?[\w.-]+", name)) and len(name) <= 96
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
 def package_dir(package: str) -> Path:

@@ -61,3 +61,37 @@ def test_layer_picker_unknown_preset_lists_the_choices():
         picker.preset.value = "everything"
     with pytest.raises(ValueError, match="unknown preset 'everything'; choose one of feed-forward only"):
         LayerPicker(build_from_shape("tiny-llama", dtype=torch.float32, device="cpu"), preset="everything")
+
+
+def test_an_empty_layer_selection_is_refused_and_the_head_is_selected_only_by_name():
+    """SmolLM2's shape (meta device): 211 Linear layers, the last one `lm_head`, tied to the token embeddings."""
+    from labkit.models import meta_model
+    from labkit.quant.selection import EmptySelectionError, resolve_layers
+
+    model = meta_model("smollm2-135m", "any_causal_lm")
+    for empty in ("", "  ", [], ()):
+        with pytest.raises(EmptySelectionError, match="empty"):
+            resolve_layers(model, empty)
+    for everything in (None, ".", ".*", "proj|head", lambda name, module: True):
+        chosen = resolve_layers(model, everything)
+        assert len(chosen) == 210 and "lm_head" not in chosen, everything
+    assert resolve_layers(model, "lm_head") == ["lm_head"] == resolve_layers(model, ["lm_head"])
+    assert resolve_layers(model, r"\.mlp\.down_proj$|lm_head")[-1] == "lm_head"
+    with pytest.raises(EmptySelectionError, match="selected only when named"):
+        resolve_layers(model, "head$")
+    with pytest.raises(EmptySelectionError, match="matches no Linear layer"):
+        resolve_layers(model, "no_such_layer")
+    embeddings = resolve_layers(model, None, (torch.nn.Embedding,))  # asked for by type
+    assert embeddings == ["model.embed_tokens"]
+
+
+def test_an_empty_layers_argument_is_refused_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    import labkit.experiments.hybrid.bench as bench
+    from labkit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench, "load_causal_lm", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["hybrid", "--profile", "quick", "--layers", ""])
+    assert exit_.value.code == 2
+    assert "--layers '' selects no Linear layer" in capsys.readouterr().err and not (tmp_path / "runs").exists()

@@ -110,3 +110,27 @@ def test_lm_token_blocks_shape(tiny_data_dir):
 def test_real_shared_copies_have_the_documented_sizes(shared_data_dir):
     assert len(data.load_sst2("validation", data_dir=shared_data_dir)) == 872
     assert len(data.load_wikitext2("validation", data_dir=shared_data_dir)) == 3760
+
+
+@pytest.mark.parametrize("content", ["", " \n\n  \n", "\t\n"])
+def test_an_empty_or_blank_wikitext_file_is_an_error_naming_it(tiny_data_dir, content):
+    path = tiny_data_dir / "wikitext2" / "wiki.valid.tokens"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(data.DataFormatError, match=r"wiki\.valid\.tokens has no (rows|text)"):
+        data.load_wikitext2("validation", data_dir=tiny_data_dir)
+    with pytest.raises(data.DataFormatError, match="wiki.valid.tokens"):
+        data.wikitext2_lines("validation", data_dir=tiny_data_dir)
+
+
+def test_an_sst2_file_with_a_header_only_and_an_empty_imdb_file_are_errors(tiny_data_dir):
+    (tiny_data_dir / "sst2" / "dev.tsv").write_text("sentence\tlabel\n\n", encoding="utf-8")
+    with pytest.raises(data.DataFormatError, match=r"dev\.tsv has no rows"):
+        data.load_sst2("validation", data_dir=tiny_data_dir)
+    import gzip
+
+    with gzip.open(tiny_data_dir / "imdb" / "test.jsonl.gz", "wt", encoding="utf-8") as fh:
+        fh.write("\n")
+    with pytest.raises(data.DataFormatError, match=r"test\.jsonl\.gz has no rows"):
+        data.load_imdb("test", data_dir=tiny_data_dir)
+    table = data.describe_sources(data_dir=tiny_data_dir)
+    assert table.set_index(["dataset", "split"]).loc[("SST-2", "validation"), "source"].startswith("BROKEN: ")

@@ -71,6 +71,11 @@ def test_weight_check_catches_a_different_grid(models, int8_file):
 
 
 def test_deployed_int8_predicts_the_torchao_labels(models, int8_file):
+    from labkit.cpu_claims import CLAIMS
+
+    claim = CLAIMS["ort-int8-same-labels-as-torchao"]  # exact INT8 dot products: VNNI or AMX, not AVX2 alone
+    if not claim.applies():
+        pytest.skip(claim.why_not_checked())
     batch = fixed_batch()
     clf = OnnxClassifier(int8_file[0])
     ort_labels, torch_labels = predict(clf, batch), predict(models[1], batch)
@@ -147,6 +152,12 @@ def test_one_int8_linear_in_the_graph_computes_torchaos_result(models, int8_file
     """Fed the same input, a quantized Linear of the graph returns what torchao's INT8 Linear returns (per-token
     codes, integer matmul, both scales), to float rounding."""
     import onnx
+
+    from labkit.cpu_claims import CLAIMS
+
+    claim = CLAIMS["ort-int8-gemm-exact"]  # exact INT8 dot products: VNNI or AMX, not AVX2 alone
+    if not claim.applies():
+        pytest.skip(claim.why_not_checked())
 
     graph = onnx.load(str(int8_file[0]))
     module = "bert.encoder.layer.0.attention.self.query"

@@ -6,9 +6,17 @@ import torch
 from labkit import env, metrics
 
 
-def test_profile_defaults_and_validation(monkeypatch):
+def test_profile_defaults_and_validation(monkeypatch, capsys):
     monkeypatch.delenv(env.PROFILE_VARIABLE, raising=False)
-    assert env.get_profile() == ("full" if torch.cuda.is_available() else "quick")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine too: quick unless asked
+    assert env.get_profile() == "quick"
+    profile, why = env.explain_profile()
+    assert profile == "quick" and "LABKIT_PROFILE is not set" in why and "LABKIT_PROFILE=full" in why
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv(env.PROFILE_VARIABLE, "full")
+    assert env.show_profile() == "full"
+    out = capsys.readouterr().out
+    assert out.startswith("profile full: LABKIT_PROFILE=full is set") and "No CUDA GPU" in out
     monkeypatch.setenv(env.PROFILE_VARIABLE, "FULL")
     assert env.get_profile() == "full"
     monkeypatch.setenv(env.PROFILE_VARIABLE, "fast")

@@ -35,9 +35,80 @@ def test_unknown_names_list_the_known_ones():
         models.load_causal_lm("llama-2-7b")
 
 
-def test_unreachable_hub_id_is_a_clear_error():
-    with pytest.raises(models.UnknownModelError, match="Loading it as a hub id failed"):
+def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(models.UnknownModelError, match="hub is unreachable .HF_HUB_OFFLINE=1 is set.") as err:
         models.load_causal_lm("no-such-org/no-such-model")
+    assert "'smollm2-135m'" in str(err.value) and "local folder" in str(err.value)
+
+
+class _Loaded:
+    """Stands in for a transformers model or tokenizer: records the id it was loaded from."""
+
+    pad_token = eos_token = "<eos>"
+
+    def __init__(self, source):
+        self.source = source
+
+    def to(self, device):
+        return self
+
+    def eval(self):
+        return self
+
+
+def _record_loads(monkeypatch, error: Exception | None = None) -> list[str]:
+    import transformers
+
+    sources: list[str] = []
+
+    def from_pretrained(source, *args, **kwargs):
+        sources.append(source)
+        if error is not None:
+            raise error
+        return _Loaded(source)
+
+    for cls in ("AutoTokenizer", "AutoModelForSequenceClassification", "AutoModelForCausalLM"):
+        monkeypatch.setattr(getattr(transformers, cls), "from_pretrained", staticmethod(from_pretrained))
+    return sources
+
+
+@pytest.mark.parametrize("name", ["bert-base-uncased", "google-bert/bert-base-uncased", "distilbert-base-uncased"])
+def test_hub_ids_without_an_org_are_hub_ids(monkeypatch, name):
+    sources = _record_loads(monkeypatch)
+    model, tokenizer = models.load_classifier(name, device="cpu")
+    assert model.source == tokenizer.source == name and sources == [name, name]
+
+
+@pytest.mark.parametrize("name", ["gpt2", "HuggingFaceTB/SmolLM2-135M-Instruct"])
+def test_causal_lm_hub_ids_with_or_without_an_org(monkeypatch, name):
+    _record_loads(monkeypatch)
+    model, _ = models.load_causal_lm(name, device="cpu")
+    assert model.source == name
+
+
+def test_names_the_hub_cannot_accept_are_refused_before_any_load(monkeypatch):
+    sources = _record_loads(monkeypatch)
+    for name in ("not a model", "a/b/c", "--bad--"):
+        with pytest.raises(models.UnknownModelError, match="not an embedded name .minilm-l6."):
+            models.load_classifier(name)
+    assert sources == []
+
+
+def test_offline_and_missing_hub_ids_say_which_and_name_the_local_alternatives(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    no_network = OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find "
+                         "them in the cached files.")
+    _record_loads(monkeypatch, no_network)
+    with pytest.raises(models.UnknownModelError, match="hub is unreachable .no network connection") as err:
+        models.load_classifier("bert-base-uncased")
+    assert "'minilm-l6'" in str(err.value) and "local folder" in str(err.value)
+    missing = OSError("bert-base-uncasd is not a local folder and is not a valid model identifier listed on "
+                      "'https://huggingface.co/models'")
+    _record_loads(monkeypatch, missing)
+    with pytest.raises(models.UnknownModelError, match="could not be loaded as a hub id") as err:
+        models.load_classifier("bert-base-uncasd")
+    assert "Check the spelling" in str(err.value) and "'minilm-l6'" in str(err.value)
 
 
 def test_gpu_device_without_gpu_is_a_clear_error():

@@ -27,8 +27,16 @@ import math
 import os
 
 import torch
-import triton
-import triton.language as tl
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError as err:  # macOS, Windows: no Triton wheels; labkit and the CPU lessons run without this module
+    raise ImportError(
+        "labkit.attention.triton_fa2 needs Triton, which is not installed here (Triton ships for Linux on x86_64 "
+        "and aarch64 only). Everything else in labkit runs without it: use the 'sdpa' or 'fa2' backends, "
+        "labkit.attention.tiled for the same algorithm in PyTorch, and notebook 02b for the committed H100 "
+        f"results. ({err})") from err
 
 LOG2_E = 1.4426950408889634  # exp(x) == exp2(x * LOG2_E)
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # Triton's CPU interpreter (tests)

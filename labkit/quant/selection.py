@@ -1,10 +1,13 @@
 """Which layers to quantize: one selection type that every labkit quantization call accepts.
 
 A selection is any of
-    None                           every Linear layer (embeddings and heads are decided by the caller)
-    "regex"                        module names matched by `re.search`
+    None                           every Linear layer but the output head
+    "regex"                        module names matched by `re.search` (an empty pattern is refused)
     ["exact.name", ...]            exact module names (a name that matches nothing is an error)
     callable(name, module) -> bool a predicate
+The output head (`lm_head`) and any Linear that shares its weight with an embedding are selected only when named:
+in a list, or written in the pattern (`"lm_head"`, `r"proj$|lm_head"`); `None`, `".*"` or `"head"` leave them
+out. Embedding tables are selected only by asking for them (`module_types=(nn.Embedding,)`).
 The layer picker widget's `.value` is a list of exact names, so it plugs in directly.
 """
 
@@ -27,6 +30,17 @@ def linear_layers(model: nn.Module, module_types: tuple[type, ...] = (nn.Linear,
     return {name: mod for name, mod in model.named_modules() if isinstance(mod, module_types)}
 
 
+def _named_only(model: nn.Module, candidates: dict[str, nn.Module]) -> set[str]:
+    """The candidates selected only by name: the output head and Linears whose weight is an embedding's."""
+    try:
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    except (AttributeError, NotImplementedError):
+        head = None
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    return {n for n, m in candidates.items() if isinstance(m, nn.Linear)
+            and (m is head or id(getattr(m, "weight", None)) in tables)}
+
+
 def _preview(names: Iterable[str], k: int = 6) -> str:
     names = list(names)
     more = f", ... ({len(names) - k} more)" if len(names) > k else ""
@@ -43,20 +57,32 @@ def resolve_layers(
     kind = "/".join(t.__name__ for t in module_types)
     if not candidates:
         raise EmptySelectionError(f"the model has no {kind} layers to select from")
+    named_only = _named_only(model, candidates)
     if layers is None:
-        chosen = list(candidates)
+        chosen = [n for n in candidates if n not in named_only]
     elif isinstance(layers, str):
+        if not layers.strip():
+            raise EmptySelectionError(
+                f"layer pattern {layers!r} is empty and would select every layer, the output head included; name the "
+                f"layers: a regular expression such as r'\\.mlp\\.', a list of names, or None for every {kind} "
+                "layer but the output head")
         try:
             pattern = re.compile(layers)
         except re.error as err:
             raise EmptySelectionError(f"layer pattern {layers!r} is not a valid regular expression: {err}") from None
-        chosen = [n for n in candidates if pattern.search(n)]
+        chosen = [n for n in candidates if pattern.search(n)
+                  and (n not in named_only or n in layers or n.rsplit(".", 1)[-1] in layers)]
+        if not chosen and any(pattern.search(n) for n in named_only):
+            raise EmptySelectionError(
+                f"layer pattern {layers!r} matches only {_preview(sorted(named_only))}, the output head (or a layer "
+                "tied to the embeddings), which is selected only when named: write its name in the pattern or "
+                "pass it in a list")
         if not chosen:
             raise EmptySelectionError(
                 f"layer pattern {layers!r} matches no {kind} layer; names look like: {_preview(candidates)}"
             )
     elif callable(layers):
-        chosen = [n for n, m in candidates.items() if layers(n, m)]
+        chosen = [n for n, m in candidates.items() if n not in named_only and layers(n, m)]
         if not chosen:
             raise EmptySelectionError(f"the layer predicate selected no {kind} layer of {len(candidates)}")
     else:

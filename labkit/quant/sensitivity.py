@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit.quant.selection import LayerSelection, resolve_layers
+from labkit.quant.selection import LayerSelection, linear_layers, resolve_layers
 
 ROLES = ("q", "k", "v", "o", "gate", "up", "down", "lm_head")
 FEED_FORWARD_ROLES = ("gate", "up", "down")
@@ -174,7 +174,8 @@ def layer_sensitivity(
 
     model    a causal LM (transformers-style: `model(input_ids=...).logits`); left exactly as it was
     batches  token ids, [n, seq_len] (one row per batch) or a list of [B, seq_len] tensors
-    layers   which Linear layers to score (any LayerSelection; default all)
+    layers   which Linear layers to score (any LayerSelection; default every one, the output head included:
+             scoring a layer is not quantizing it)
     mode     "w8a8" (INT8 weights + symmetric per-token INT8 inputs, as QAT/PTQ int8-dynamic), "w8a8-asym"
              (asymmetric per-token inputs) or "w8" (INT8 weights only)
     Columns: name, block, role, params, kl, nll, ppl, ppl_delta (percent vs the float model).
@@ -182,7 +183,7 @@ def layer_sensitivity(
     """
     from tqdm.auto import tqdm
 
-    names = resolve_layers(model, layers)
+    names = list(linear_layers(model)) if layers is None else resolve_layers(model, layers)
     _fake_quantizers(mode)  # validate the mode before the expensive part
     device = next(model.parameters()).device
     batches = [b.to(device) for b in _as_batches(batches)]

@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m labkit.experiments.deploy_bert",
                                      description=package_doc.splitlines()[0])
     parser.add_argument("--profile", choices=("quick", "full"), default=None,
-                        help="run profile (default: $LABKIT_PROFILE, else full on a GPU, quick on a CPU)")
+                        help="run profile (default: $LABKIT_PROFILE, else quick)")
     parser.add_argument("--out", default=None, help="result file or folder of this run (default: a new folder "
                                                     "runs/deploy_bert_cpu_<time>/)")
     parser.add_argument("--resume", action="store_true", help="continue the run of --out from its JSONL")
