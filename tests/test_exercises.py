@@ -208,3 +208,12 @@ def test_tile_kinds_match_the_kernel_loops_and_the_visible_scores():
         visible = torch.ones(n, n, dtype=torch.bool).tril()
         assert sum(tiling.causal_tile_counts(n, bq, bk)) == sum(
             bool(visible[qs:qs + bq, ks:ks + bk].any()) for qs in range(0, n, bq) for ks in range(0, n, bk))
+
+
+def test_without_triton_the_launch_grid_check_checks_the_grid_and_skips_the_kernel(monkeypatch, capsys):
+    monkeypatch.setattr(ik, "triton", None)  # as on macOS or Windows, where Triton is not installed
+    ei.check_launch_grid(launch_programs, ik.KernelConfig(1, 16, 128, 17))
+    out = capsys.readouterr().out
+    assert "SKIP  the kernel with your config" in out and "triton package is not installed" in out
+    with pytest.raises(ClaimFailed, match="hint:"):  # the grid formula is still checked
+        ei.check_launch_grid(lambda cfg, m, n: n // cfg.block_n, ik.KernelConfig(1, 16, 128, 17))
