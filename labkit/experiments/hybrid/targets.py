@@ -208,10 +208,9 @@ def prefill_table(rows: list[dict], digits: int | None = 2) -> pd.DataFrame:
 
 def targets_table(targets: list[dict]):
     """Targets from `evaluate_targets` for display (a pandas Styler): whole sentences, left-aligned, and the
-    verdict as met / MISSED / not measured."""
-    verdict = {True: "met", False: "MISSED", None: "not measured"}
-    table = pd.DataFrame([{"target": t["target"], "measured": t["measured"], "verdict": verdict[t["met"]]}
-                          for t in targets])
+    verdict as judged (met / MISSED / within noise / no verdict / not measured)."""
+    table = pd.DataFrame([{"target": t["target"], "measured": t["measured"],
+                           "verdict": "MISSED" if t["verdict"] == "missed" else t["verdict"]} for t in targets])
     return (table.style.hide(axis="index")
             .set_properties(**{"text-align": "left", "white-space": "normal"})
             .set_properties(subset=["measured", "verdict"], **{"white-space": "nowrap"})
