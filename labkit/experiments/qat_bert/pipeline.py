@@ -18,7 +18,9 @@ The same labkit.quant API runs on GPUs in bf16 (notebook 03).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import math
 import tempfile
 import time
@@ -29,10 +31,20 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from labkit.data import load_text_classification, tokenize_classification
-from labkit.experiments.qat_bert.latency import measure_latency
+from labkit.experiments import protocol
+from labkit.experiments.protocol import flag, seed_list
+from labkit.measure.timing import interleaved_latency, time_callable
 from labkit.metrics import classification_metrics
 from labkit.models import load_classifier
 from labkit.quant.io import round_trip_check
+from labkit.quant.kernel_evidence import matmul_evidence
+from labkit.quant.legacy import (
+    legacy_convert,
+    legacy_prepare_qat,
+    legacy_quantized_modules,
+    legacy_size_mb,
+    naive_mistakes,
+)
 from labkit.quant.ptq import (
     quantize_dynamic_int8,
     quantize_embeddings_int8,
@@ -57,20 +69,21 @@ FP32_VARIANTS = ("fp32", "fp32-extra")
 
 
 @dataclass
-class QATBertConfig:
-    """Everything that decides what the experiment measures; `for_profile` gives the quick/full presets."""
+class QATBertConfig(protocol.Settings):
+    """Everything that decides what the experiment measures (the settings of `bench qat`, whose flags are the
+    fields given a help text); `for_profile` gives the quick/full presets."""
 
     profile: str = "quick"
-    dataset: str = "sst2"
-    model: str = "minilm-l6"
-    n_train: int | None = 384
-    n_eval: int | None = 200
+    dataset: str = flag("sst2", "sst2 (default) or imdb", choices=tuple(DATASETS))
+    model: str = flag("minilm-l6", "classifier name (labkit.models) or hub id")
+    n_train: int | None = flag(384, "training rows (default: the profile's)")
+    n_eval: int | None = flag(200, "eval rows (default: the profile's; full = all)")
     max_length: int = 128
     batch_size: int = 16
-    fp32_steps: int = 40
-    extra_steps: int = 16  # QAT steps, and the FP32 reference's extra steps
-    lr: float = 1e-4
-    extra_lr: float = 3e-5
+    fp32_steps: int = flag(40, "FP32 fine-tuning steps")
+    extra_steps: int = flag(16, "QAT steps = the FP32 reference's extra steps")
+    lr: float = flag(1e-4, "FP32 fine-tuning learning rate (full: 5e-5)")
+    extra_lr: float = flag(3e-5, "QAT / FP32-extra learning rate (full: 2e-5)")
     warmup_ratio: float = 0.1
     calibration_batches: int = 4
     layers: LayerSelection = r"^bert\.(encoder|pooler)\."
@@ -81,18 +94,22 @@ class QATBertConfig:
     latency_rounds: int = 2
     latency_repeat: int = 2
     latency_warmup: int = 1
-    compile: bool = True
+    compile: bool = flag(True, "skip the torch.compile latency")
     compile_variants: tuple[str, ...] | None = None  # None: every variant
     seed: int = 0
     data_dir: str | None = None
-    seeds: tuple[int, ...] = (0,)  # run_seeds: accuracy over these seeds (mean +- sd), latency on the first only
-    fp32_epochs: float | None = None  # set: fp32_steps = epochs over the training rows (after loading them)
-    extra_epochs: float | None = None  # set: extra_steps likewise
-    train_device: str = "cpu"  # "cpu", "cuda" or "auto" (cuda when visible): where training runs, nothing else
+    seeds: tuple[int, ...] = flag((0,), "comma-separated seeds (full: 0,1,2; quick: 0): accuracy over these seeds "
+                                        "(mean +- sd), latency on the first only", parse=seed_list)
+    fp32_epochs: float | None = flag(None, "FP32 fine-tuning epochs over the training rows (full: 3; "
+                                           "--fp32-steps wins)")
+    extra_epochs: float | None = flag(None, "QAT (and FP32 + extra) epochs (full: 1; --extra-steps wins)")
+    train_device: str = flag("cpu", "where training runs (full: auto = a GPU when visible); everything else runs "
+                                    "on the CPU", choices=("cpu", "cuda", "auto"))
+    threads: int | None = flag(None, "torch threads (default: torch's choice)")
     latency: bool = True  # False: skip the latency stages (seeds after the first)
 
     @classmethod
-    def for_profile(cls, profile: str, **overrides) -> QATBertConfig:
+    def for_profile(cls, profile: str | None = None, **overrides) -> QATBertConfig:
         """quick: CI-sized (a few hundred examples, a few dozen steps, one seed).
 
         full: trained to convergence, as published fine-tunes of 6-layer MiniLM reach ~91% on SST-2 dev: every one
@@ -101,6 +118,9 @@ class QATBertConfig:
         set (872); 3 seeds (accuracy as mean +- sd); training on a GPU when one is visible.
         full with dataset="imdb": a small-budget IMDB recipe, 1,000 train / 1,000 test reviews (2 epochs).
         Explicit fp32_steps / extra_steps overrides win over the epochs."""
+        from labkit.env import get_profile
+
+        profile = profile or get_profile()
         if profile == "quick":
             base = cls(profile="quick", compile_variants=("fp32", "qat"))
         elif profile == "full":
@@ -132,6 +152,9 @@ class QATBertConfig:
         if self.train_device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
         return self.train_device
+
+    def device_slug(self) -> str:
+        return "cpu"  # a CPU experiment by design: only the training may run on a GPU
 
     def validate(self) -> None:
         """Fail early, before anything heavy loads, on inputs that cannot work."""
@@ -171,11 +194,6 @@ class QATBertResult:
     tokenizer: object = field(default=None, repr=False)
     eval_ds: object = field(default=None, repr=False)
     train_ds: object = field(default=None, repr=False)
-
-    def as_dict(self) -> dict:
-        """The measured results (no models), JSON-ready."""
-        return {k: v for k, v in asdict(replace(self, models={}, tokenizer=None, eval_ds=None, train_ds=None)).items()
-                if k not in ("models", "tokenizer", "eval_ds", "train_ds")}
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -290,6 +308,62 @@ def make_qat(fp32: nn.Module, cfg: QATBertConfig, train_ds, tokenizer, store=Non
 
 
 
+# ------------------------------------------------------------------------------------------- latency
+
+
+def latency_inputs(batch_size: int, seq_len: int, vocab_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A full-length batch (every position a real token), so every variant does the same work."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, vocab_size, (batch_size, seq_len), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+
+
+def compile_settings():
+    """Inductor freezing for every compiled variant alike (compile, warm up and run inside it): weights become
+    constants, so on x86 the FP32 Linears use packed MKL GEMMs and torchao's INT8 pattern is lowered to oneDNN's
+    qlinear kernel. (Set as a config patch around compilation: passing `options={"freezing": True}` to
+    torch.compile did not trigger the oneDNN INT8 lowering in torch 2.13, only the plain `_int_mm` path.)"""
+    import torch._dynamo.config as dynamo_config
+    import torch._inductor.config as inductor_config
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(inductor_config.patch(freezing=True))
+    # every variant x batch size is one more compiled entry of the same forward(); past dynamo's default
+    # limit (8) the extra ones would silently run eager, so raise it for this measurement
+    limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    stack.enter_context(dynamo_config.patch(**{limit: 64}))
+    return stack
+
+
+def measure_latency(models: dict[str, nn.Module], cfg: QATBertConfig, vocab_size: int, compiled: bool = False,
+                    progress: tqdm | None = None, modes: dict[str, str] | None = None) -> dict[str, dict[int, dict]]:
+    """p10/p50/p90 latency (ms) per variant and batch size, rounds interleaved across variants
+    (labkit.measure.timing.interleaved_latency); warm-up (and, compiled, the compilation) before any timed call.
+
+    `modes` (variant -> "w8a8" / "w8" / "float"): one call per variant at the largest batch is then profiled and
+    judged (labkit.quant.kernel_evidence); the evidence is in that batch's entry under "matmul"."""
+    inputs = {b: latency_inputs(b, cfg.latency_seq_len, vocab_size, cfg.seed) for b in cfg.latency_batch_sizes}
+    what = "compiled" if compiled else "eager"
+    if compiled:
+        torch._dynamo.reset()
+    with torch.inference_mode(), compile_settings() if compiled else contextlib.nullcontext():
+        fns = {name: (torch.compile(m) if compiled else m) for name, m in models.items()}
+        out = interleaved_latency({n: (lambda x, f=f: f(**x)) for n, f in fns.items()}, inputs,
+                                  rounds=cfg.latency_rounds, repeat=cfg.latency_repeat, warmup=cfg.latency_warmup,
+                                  on_round=lambda r: progress and progress.set_postfix_str(
+                                      f"{what} round {r + 1}/{cfg.latency_rounds}"))
+        b_max = max(inputs)
+        for name, fn in fns.items():
+            if modes and name in modes:
+                ev = matmul_evidence(models[name], lambda fn=fn: fn(**inputs[b_max]), modes[name])
+                out[name][b_max]["matmul"] = ev.as_dict() | {"summary": str(ev)}
+    del fns
+    if compiled:
+        torch._dynamo.reset()
+    gc.collect()
+    return out
+
+
 # ------------------------------------------------------------------------------------------- the run
 
 
@@ -398,12 +472,12 @@ def run_qat_bert(cfg: QATBertConfig | None = None, progress: bool = True, keep_m
         }
         for b in cfg.latency_batch_sizes:
             e = eager[name].get(b)
-            row[f"latency_ms_b{b}"] = e["median_ms"] if e else None
+            row[f"latency_ms_b{b}"] = e["p50_ms"] if e else None
             row[f"latency_ms_b{b}_p10"] = e["p10_ms"] if e else None
             row[f"latency_ms_b{b}_p90"] = e["p90_ms"] if e else None
             row[f"latency_b{b}_repeats"] = e["n"] if e else None
             c = compiled.get(name, {}).get(b)
-            row[f"latency_ms_b{b}_compiled"] = c["median_ms"] if c else None
+            row[f"latency_ms_b{b}_compiled"] = c["p50_ms"] if c else None
             row[f"latency_ms_b{b}_compiled_p10"] = c["p10_ms"] if c else None
             row[f"latency_ms_b{b}_compiled_p90"] = c["p90_ms"] if c else None
             if c:
@@ -422,3 +496,73 @@ def run_qat_bert(cfg: QATBertConfig | None = None, progress: bool = True, keep_m
     if keep_models:
         result.models, result.tokenizer, result.eval_ds, result.train_ds = models, tokenizer, eval_ds, train_ds
     return result
+
+
+# ------------------------------------------------------------------------------------------- reading rows
+
+
+def variant_row(rows: list[dict], variant: str) -> dict:
+    for r in rows:
+        if r["variant"] == variant:
+            return r
+    raise KeyError(f"no row for variant {variant!r}; rows have {[r['variant'] for r in rows]}")
+
+
+def accuracy_changes(rows: list[dict]) -> list[dict]:
+    """Accuracy/F1 change (points) of each INT8 variant against the FP32 model with the same training:
+    PTQ against the first FP32 model, QAT against FP32 + extra steps."""
+    out = []
+    for variant, ref in (("ptq-dynamic", "fp32"), ("ptq-static", "fp32"), ("qat", "fp32-extra")):
+        r, f = variant_row(rows, variant), variant_row(rows, ref)
+        out.append({"variant": r["label"], "against": f["label"],
+                    "accuracy change (points)": (r["accuracy"] - f["accuracy"]) * 100,
+                    "F1 change (points)": (r["f1"] - f["f1"]) * 100})
+    return out
+
+
+def results_frame(rows: list[dict]):
+    """The results table as a pandas DataFrame (accuracy and F1 in %, one row per variant)."""
+    import pandas as pd
+
+    cols = ["label", "accuracy", "f1", "size_mb", "latency_ms_b1", "latency_ms_b8", "latency_ms_b1_compiled",
+            "latency_ms_b8_compiled", "train_steps", "int8_modules"]
+    df = pd.DataFrame(rows)
+    df = df[[c for c in cols if c in df.columns]].copy()
+    df["accuracy"] *= 100
+    df["f1"] *= 100
+    return df.rename(columns={"label": "variant", "accuracy": "accuracy %", "f1": "F1 %", "size_mb": "size MB",
+                              "latency_ms_b1": "b1 eager ms", "latency_ms_b8": "b8 eager ms",
+                              "latency_ms_b1_compiled": "b1 compiled ms", "latency_ms_b8_compiled": "b8 compiled ms",
+                              "train_steps": "train steps", "int8_modules": "INT8 modules"}).set_index("variant")
+
+
+# ------------------------------------------------------------------------------------------- legacy
+
+
+def run_legacy(result: QATBertResult, steps: int | None = None) -> dict:
+    """The deprecated torch.ao.quantization eager-mode QAT recipe on the same FP32 model, layers, data and
+    extra steps (needs `run_qat_bert(..., keep_models=True)`), plus the naive mistakes, measured."""
+    if "fp32" not in result.models:
+        raise ValueError("run_legacy needs the models: call run_qat_bert(cfg, keep_models=True) first")
+    cfg = QATBertConfig(**{k: v for k, v in result.config.items() if k in QATBertConfig.__dataclass_fields__})
+    cfg.latency_batch_sizes = tuple(cfg.latency_batch_sizes)
+    steps = steps or cfg.extra_steps
+    fp32 = result.models["fp32"]
+    sample = next(batches(result.eval_ds, result.tokenizer, 8))
+    mistakes = naive_mistakes(fp32, sample, cfg.layers)
+    model = legacy_prepare_qat(copy.deepcopy(fp32), cfg.layers)
+    info = train(model, result.train_ds, result.tokenizer, cfg, steps, cfg.extra_lr, "legacy-qat")
+    legacy_convert(model)
+    metrics = evaluate(model, result.eval_ds, result.tokenizer, desc="eval legacy")
+    x = latency_inputs(8, cfg.latency_seq_len, fp32.config.vocab_size, cfg.seed)
+    lat = time_callable(lambda: model(**x), warmup=cfg.latency_warmup,
+                        repeat=cfg.latency_rounds * cfg.latency_repeat)
+    lat_fp32 = time_callable(lambda: fp32(**x), warmup=cfg.latency_warmup,
+                             repeat=cfg.latency_rounds * cfg.latency_repeat)
+    return {
+        "row": {"variant": "legacy-qat", "label": "legacy eager QAT (torch.ao)", **metrics,
+                "size_mb": legacy_size_mb(model), "quantized_modules": len(legacy_quantized_modules(model)),
+                "train_steps": cfg.fp32_steps + info["steps"], "latency_ms_b8": lat.median_ms,
+                "fp32_latency_ms_b8_same_session": lat_fp32.median_ms},
+        "mistakes": mistakes,
+    }
