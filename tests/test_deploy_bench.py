@@ -59,12 +59,12 @@ def stand_ins(tmp_path, monkeypatch):
         calls["profile_ort"] += 1
         return {v: {"total_ms": 1.0, "groups": {}} for v in paths}
 
-    monkeypatch.setattr(bench, "train_models", train_models)
-    monkeypatch.setattr(bench, "seed_accuracy", seed_accuracy)
-    monkeypatch.setattr(bench, "latency_table", latency_table)
-    monkeypatch.setattr(bench, "profile_int8", profile_int8)
-    monkeypatch.setattr(bench, "profile_ort", profile_ort)
-    monkeypatch.setattr(bench, "timing_models", lambda cfg: (Model(), Model()))
+    monkeypatch.setattr(pipeline, "train_models", train_models)
+    monkeypatch.setattr(pipeline, "seed_accuracy", seed_accuracy)
+    monkeypatch.setattr(pipeline, "latency_table", latency_table)
+    monkeypatch.setattr(pipeline, "profile_int8", profile_int8)
+    monkeypatch.setattr(pipeline, "profile_ort", profile_ort)
+    monkeypatch.setattr(pipeline, "timing_models", lambda cfg: (Model(), Model()))
     monkeypatch.setattr("labkit.deploy.onnx_runtime.build_artifacts",
                         lambda fp32, qat, out: {k: {"path": "x"} for k in ("fp32", "qat-int8", "qat-int8-mha",
                                                                            "qat-int8-unfused", "qat-int8-exact",
@@ -110,7 +110,7 @@ def test_resume_checks_models_only_for_the_seeds_it_still_measures(stand_ins, tm
     other = tmp_path / "qat_seed1"
     other.mkdir()
     checked = []
-    monkeypatch.setattr(bench, "check_models_from", lambda folder, seeds, model: checked.append(list(seeds)))
+    monkeypatch.setattr(pipeline, "check_models_from", lambda folder, seeds, model: checked.append(list(seeds)))
     assert _deploy("--seeds", "0,1", "--out", str(out), "--resume", "--stages", "accuracy",
                    "--models-from", str(other)) == 0
     assert checked == [[1]] and stand_ins["accuracy"] == [0, 1] and _result(out)["seeds"] == [0, 1]

@@ -13,8 +13,6 @@ Out-of-memory and other failures are rows.
 
 from __future__ import annotations
 
-import statistics
-
 import torch
 
 from labkit.attention.kernels import attention_flops, kernel_callable
@@ -93,28 +91,17 @@ def time_case(backend, n, head_dim, heads, causal, backward, dtype=torch.bfloat1
 
 
 def prefill_case(model, backend: str, n: int, repeat: int = 3) -> dict:
-    """Prefill latency of a causal LM (one forward, no cache, last logits only) with `backend`: median of
-    `repeat` CUDA-event timings after one warm-up pass, and the profiler's proof of the kernel that ran."""
+    """Prefill latency of a causal LM with `backend` (labkit.measure.prefill: one forward, no cache, last logits
+    only; median of `repeat` CUDA-event timings after a warm-up) and the profiler's proof of the kernel that ran."""
     from labkit.attention.backends import set_backend
     from labkit.attention.verify import verify_backend
+    from labkit.measure.prefill import prefill_point, random_input_ids
 
     row = dict(backend=backend, seq_len=n, ok=False, ms=None, error=None)
     try:
-        set_backend(model, backend)
-        ids = torch.randint(0, model.config.vocab_size, (1, n), device="cuda")
-        evidence = verify_backend(model, backend, ids[:, :256])
-        times = []
-        with torch.inference_mode():
-            for i in range(repeat + 1):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                model(input_ids=ids, use_cache=False, logits_to_keep=1)
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-        row.update(ok=True, ms=statistics.median(times[1:]), ran=evidence.families)
-    except torch.OutOfMemoryError:
-        row.update(error="out of memory")
+        ran = verify_backend(set_backend(model, backend), backend, random_input_ids(model, min(n, 256))).families
+        point = prefill_point(model, n, warmup=1, repeat=repeat)
+        row.update(ok=point.ok, ms=point.latency_ms, error=point.error, **({"ran": ran} if point.ok else {}))
     except Exception as err:  # noqa: BLE001 - a row
         row["error"] = _error(err)
     torch.cuda.empty_cache()

@@ -1,18 +1,10 @@
 """`torchrun --nproc-per-node N -m labkit.bench hybrid-qat`: the hybrid's QAT sharded over N GPUs with FSDP2
-(notebook 04).
-
-For each mode (qat-w8a8, qat-w8: feed-forward layers fake-quantized; plain: the same fine-tune without QAT) and
-each sequence length, it builds the model, shards it (labkit.train.fsdp_qat), trains, and records per step the
-loss, tokens/s and the peak memory of the worst GPU beside the training memory model's prediction. Lengths run
-shortest first; out-of-memory is a data point and ends that mode's longer lengths. Optional: sharded checkpoints
-(save every k steps, resume), and the final QAT model converted to INT8 and saved for single-GPU inference.
-
-Models: a hub id or local folder, the embedded smollm2-135m, or a labkit shape (llama-2-7b ...) with random
-weights, for speed and memory only (`--random-weights` builds any known shape that way, smollm2-135m included).
-Only rank 0 writes the run folder runs/hybrid_qat_fsdp_<gpu>x<N>_<time>/: every step as `step`, each finished
-(mode, length) run as `run`; `--resume` skips the runs its JSONL holds (`--from-checkpoint` restarts an unfinished
-one from its sharded checkpoint). The committed data/reference/hybrid_qat_fsdp_<gpu>x<N>.json combines several runs
-(labkit.experiments.hybrid_qat_fsdp_results.combine), so a single run never writes it.
+(notebook 04). For each mode (qat-w8a8, qat-w8: feed-forward layers fake-quantized; plain: the same fine-tune
+without QAT) and sequence length (shortest first; out-of-memory is a data point and ends that mode's longer
+lengths): build, shard (labkit.train.fsdp_qat), train, and record every step (loss, tokens/s, the worst GPU's peak
+memory beside the memory model's prediction) and each finished run. Optional: sharded checkpoints, the QAT model
+exported in INT8. Models: an embedded or hub model, or a labkit shape with random weights (speed and memory only).
+The committed reference joins several runs (labkit.experiments.hybrid_qat_fsdp_results.combine).
 """
 
 from __future__ import annotations

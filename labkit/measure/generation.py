@@ -1,15 +1,6 @@
 """Measuring generation honestly: compiled prefill, static-cache decode (compiled, CUDA graphs), kernel names.
-
-Every timing here comes back as a dict with p10/p50/p90 (milliseconds or tokens/s) and the repeat count, and
-compile time is recorded apart from run time: the first call of a compiled function pays for tracing, code
-generation and (for mode="reduce-overhead") CUDA-graph recording; steady state is what a server sees.
-
-    time_cuda(fn)                      CUDA-event latency of fn(), warm-up first, repeats bounded by a time budget
-    time_cuda_graph(fn)                the same work captured once in a CUDA graph and replayed (no launch gaps)
-    compiled_prefill(model, n)         one forward of n tokens, eager or torch.compile'd, compile time apart
-    static_cache_decode(model, ...)    greedy decode with transformers' StaticCache, eager or compiled
-    cuda_kernels(fn)                   names and times of the CUDA kernels fn() launched (torch.profiler)
-    classify_kernel(name)              "labkit-int8" / "int8-gemm" / "int8-fused" / "fp8-gemm" / "float-gemm" / ...
+Every timing is a dict with p10/p50/p90 (ms or tok/s) and the repeat count; compile time (the first call: tracing,
+code generation, CUDA-graph recording) is recorded apart from the steady state a server sees.
 """
 
 from __future__ import annotations

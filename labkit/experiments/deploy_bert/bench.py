@@ -1,17 +1,8 @@
-"""`python -m labkit.bench deploy`: the QAT BERT deployed on a CPU, torchao (eager, compiled) and ONNX Runtime side by
-side (notebook 01b), and its targets. Two stages (`--stages`), each resumable:
-
-    accuracy  per seed (full: 0,1,2), recorded as `seed`: train the FP32 classifier and its QAT INT8 copy with
-              notebook 01's recipe (training may run on a GPU, --train-device) or load them from a `bench qat` run
-              (--models-from); export the ONNX artifacts (labkit.deploy) and, on the CPU, measure accuracy/F1 of
-              every variant, the sentences each labels differently from torchao eager, the ONNX INT8 weights against
-              torchao's codes and the size on disk of every artifact;
-    latency   once, on one set of models (timing does not depend on the weights), one `latency` table per thread
-              count: p10/p50/p90 at batch 1 and 8, length 128, rounds interleaved across variants; a torch.profiler
-              table of the torchao INT8 model eager vs compiled and ORT's profiler by op group of the lab's INT8
-              graphs and the peer (`profile_int8`, `profile_ort`).
-The accuracy stage can run on a GPU machine and the latency stage later on the deployment CPU, by --resume of the
-same run folder; each seed and the latency block carry the provenance of the process that measured them.
+"""`python -m labkit.bench deploy`: the QAT BERT on a CPU, torchao and ONNX Runtime side by side (notebook 01b),
+and its targets. Stage `accuracy` (per seed, `seed` records): the FP32/QAT pair trained with notebook 01's recipe or
+loaded from a `bench qat` run (--models-from), exported, every variant's accuracy and label agreement; stage
+`latency` (once, one `latency` table per thread count): interleaved p10/p50/p90 and the INT8 profiles. The accuracy
+stage can run on a GPU machine and the latency stage later on the CPU by --resume of the same run folder.
 """
 
 from __future__ import annotations
@@ -24,23 +15,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from labkit.experiments import protocol
-from labkit.experiments.deploy_bert.pipeline import (
-    INT8_DEPLOY,
-    LABELS,
-    ORT_VARIANTS,
-    PROFILED_ORT,
-    TORCH_VARIANTS,
-    check_models_from,
-    cpu_flags,
-    latency_table,
-    load_models,
-    ort_paths,
-    profile_int8,
-    profile_ort,
-    seed_accuracy,
-    timing_models,
-    train_models,
-)
+from labkit.experiments.deploy_bert import pipeline as dp
 from labkit.experiments.protocol import flag, seed_list
 from labkit.measure.stats import MIN_SEEDS, Target, format_spread, ratio_verdict, spread, verdict, verdict_text
 
@@ -137,9 +112,10 @@ def check(settings: Settings, options) -> None:
     seeds_done = {r["seed"] for r in recorded if r.get("record") == "seed"}
     if settings.models_from is not None:  # only the seeds this call still has to load: a resume may take them elsewhere
         wanted = [s for s in cfg.seeds if s not in seeds_done] if "accuracy" in settings.stages else cfg.seeds[:1]
-        check_models_from(settings.models_from, wanted, cfg.model)
+        dp.check_models_from(settings.models_from, wanted, cfg.model)
     if options.update_reference:
-        have = {"accuracy": set(cfg.seeds) <= seeds_done, "latency": any(r.get("record") == "latency" for r in recorded)}
+        have = {"accuracy": set(cfg.seeds) <= seeds_done,
+                "latency": any(r.get("record") == "latency" for r in recorded)}
         missing = [s for s in STAGES if s not in settings.stages and not have[s]]
         if missing:
             raise ValueError(f"--update-reference with --stages {','.join(settings.stages)}: the reference needs every "
@@ -158,13 +134,13 @@ def measure(settings: Settings, run) -> None:
 
     def here() -> dict:
         return {**provenance(command, s.profile), "onnx": package_version("onnx"),
-                "onnxruntime": package_version("onnxruntime"), "cpu_flags": cpu_flags()}
+                "onnxruntime": package_version("onnxruntime"), "cpu_flags": dp.cpu_flags()}
 
-    result.update(provenance=here(), cpu_flags=cpu_flags(), labels=LABELS, notes=NOTES,
+    result.update(provenance=here(), cpu_flags=dp.cpu_flags(), labels=dp.LABELS, notes=NOTES,
                   config={**cfg.as_dict(), **s.as_dict(), "layers": str(cfg.layers), "seeds": list(cfg.seeds),
                           "repeat": repeat, "warmup": warmup})
     seeds = {str(r["seed"]): r for r in run.recorded("seed")}
-    wanted = {v for v in TORCH_VARIANTS if s.compile or not v.endswith("-compiled")} | set(ORT_VARIANTS)
+    wanted = {v for v in dp.TORCH_VARIANTS if s.compile or not v.endswith("-compiled")} | set(dp.ORT_VARIANTS)
     tables = {}
     for r in run.recorded("latency"):  # the newest table per thread count; one that lacks a variant is redone
         if wanted <= {x["variant"] for x in r["rows"]}:
@@ -193,10 +169,11 @@ def measure(settings: Settings, run) -> None:
             print(f"  seed {seed}: {'loading' if s.models_from else 'training'} the FP32 and QAT models", flush=True)
             if s.train_threads:
                 torch.set_num_threads(s.train_threads)
-            trained = train_models(replace(cfg, seed=seed), s.models_from)
+            trained = dp.train_models(replace(cfg, seed=seed), s.models_from)
+            accuracy = dp.seed_accuracy(trained["fp32"], trained["qat"], trained["eval_ds"], trained["tokenizer"],
+                                        compiled=s.compile)
             seeds[str(seed)] = run.record("seed", {"seed": seed, "training": trained["info"], "provenance": here(),
-                                                   **seed_accuracy(trained["fp32"], trained["qat"], trained["eval_ds"],
-                                                                   trained["tokenizer"], compiled=s.compile)})
+                                                   **accuracy})
             first = first or (trained if seed == cfg.seeds[0] else None)
             fill()
     if "latency" in s.stages and (set(s.threads) - set(tables) or "profile_ort" not in profiles
@@ -204,25 +181,25 @@ def measure(settings: Settings, run) -> None:
         if first:
             fp32, qat, which = first["fp32"], first["qat"], f"seed {cfg.seeds[0]} of this run"
         elif s.models_from is not None:
-            fp32, qat, _ = load_models(s.models_from, cfg.seeds[0], cfg.model)
+            fp32, qat, _ = dp.load_models(s.models_from, cfg.seeds[0], cfg.model)
             which = f"seed {cfg.seeds[0]} loaded from {s.models_from}"
         else:  # timing does not depend on the weights
-            (fp32, qat), which = timing_models(cfg), "the pretrained checkpoint and its QAT conversion, untrained"
+            (fp32, qat), which = dp.timing_models(cfg), "the pretrained checkpoint and its QAT conversion, untrained"
         info, vocab = {"models": which, "provenance": here()}, fp32.config.vocab_size
         with tempfile.TemporaryDirectory() as tmp:
-            paths = ort_paths(build_artifacts(fp32, qat, tmp))
+            paths = dp.ort_paths(build_artifacts(fp32, qat, tmp))
             for t in (t for t in s.threads if t not in tables):
-                rows = latency_table({"torch-fp32": fp32, "torchao-int8": qat}, paths, t, s.batch_sizes, s.seq_len,
+                rows = dp.latency_table({"torch-fp32": fp32, "torchao-int8": qat}, paths, t, s.batch_sizes, s.seq_len,
                                      vocab, s.rounds, repeat, warmup, compiled=s.compile)
                 tables[t] = run.record("latency", {**info, "threads": t, "rows": rows}, quiet=True)
                 print(f"  latency at {t} thread(s) done", flush=True)
                 fill()
             if "profile_ort" not in profiles:  # where the deployed INT8 graphs spend their time, 1 thread
-                profiles["profile_ort"] = profile_ort({v: paths[v] for v in PROFILED_ORT}, 8, s.seq_len, vocab)
+                profiles["profile_ort"] = dp.profile_ort({v: paths[v] for v in dp.PROFILED_ORT}, 8, s.seq_len, vocab)
                 run.record("profile_ort", {"profile": profiles["profile_ort"], **info}, quiet=True)
         if s.compile and "profile_int8" not in profiles:
             torch.set_num_threads(1)
-            profiles["profile_int8"] = profile_int8(qat, 8, s.seq_len, vocab)
+            profiles["profile_int8"] = dp.profile_int8(qat, 8, s.seq_len, vocab)
             run.record("profile_int8", {"profile": profiles["profile_int8"]}, quiet=True)
     fill()
 
@@ -308,7 +285,7 @@ def latency_checks(rows: list[dict]) -> list[Target]:
     """The two latency targets at batch 8 x 128, 1 thread; spreads decide "within noise"."""
     lat = {(r["variant"], r["threads"], r["batch"]): r for r in rows}
     base, peer = lat.get(("torch-fp32", 1, 8)), lat.get(("ort-peer-int8", 1, 8))
-    best = min((lat[(v, 1, 8)] for v in INT8_DEPLOY if (v, 1, 8) in lat), key=lambda r: r["p50_ms"], default=None)
+    best = min((lat[(v, 1, 8)] for v in dp.INT8_DEPLOY if (v, 1, 8) in lat), key=lambda r: r["p50_ms"], default=None)
     target = f"best INT8 deploy path <= {LATENCY_LIMIT:.2f}x PyTorch FP32 eager (batch 8 x 128, 1 thread)"
     faster = "best INT8 deploy path faster than the peer (ORT quantize_dynamic)"
     if not (base and best and peer):

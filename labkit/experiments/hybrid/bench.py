@@ -1,16 +1,8 @@
-"""`python -m labkit.bench hybrid`: FA2 attention + 8-bit selected layers against bf16, measured (notebook 03), and
-its targets. Two parts, each optional:
-
-  1. the trained model (`--model`, default the embedded SmolLM2-135M): per-layer sensitivity (once, `sensitivity`),
-     then every variant (labkit.experiments.hybrid.pipeline.run_hybrid), each recorded as `variant` when it
-     finishes: perplexity on WikiText-2 test, weight size, the after-conversion checks and, once per kind of
-     kernels, prefill latency, peak memory and decode tokens/s; the fine-tuned variants again for every further
-     seed (`seed`, perplexity only);
-  2. the llama-2-7b shape with random weights (GPU only; speed and memory only, once per mode, `shape`): bf16 + FA2
-     against 8-bit feed-forward + FA2 at 8k and 32k tokens, and decode, under a cap of PyTorch's GPU memory.
-`--model none` / `--shape none` skip a part. Profiles: full on a GPU (every variant, 3 seeds; about 11 minutes on an
-H200, one `--resume` finishes it if a time limit stops the first attempt), full on a CPU (reduced: shorter blocks,
-fewer steps, sensitivity on 4 blocks; 15-25 minutes on 2 busy cores), quick (a smoke run, ~3 minutes on 2 cores).
+"""`python -m labkit.bench hybrid`: FA2 attention + 8-bit selected layers against bf16 (notebook 03), and its
+targets. Part 1, the trained model (`--model`; none skips it): per-layer sensitivity, every variant (`variant`
+records: perplexity, size, checks, speed once per kind of kernels), the fine-tuned variants again for each further
+seed (`seed`). Part 2, the llama-2-7b shape with random weights on a GPU (`--shape`; none skips it): bf16 + FA2
+against 8-bit feed-forward + FA2 at 8k and 32k tokens and decode (`shape`), under a cap of the GPU's memory.
 """
 
 from __future__ import annotations

@@ -1,31 +1,14 @@
-"""The selective hybrid: attention on FlashAttention-2 in bf16, the chosen Linear layers in INT8 (torchao).
+"""The selective hybrid: attention on FlashAttention-2 in bf16, the chosen Linear layers in 8-bit (torchao).
 
-One model, one device. Every variant starts from the same float master copy and gets the same recipe:
-
-    base         the float model, untouched                       (bf16; attention fa2 on a GPU, sdpa on a CPU)
-    base-ft      the float model after the fine-tune QAT also gets (same data, steps, learning rate, seed)
-    ptq-w8       PTQ of the untouched model: selected layers INT8 weight-only
-    ptq-w8a8     PTQ of the untouched model: selected layers INT8 weights + dynamic per-token INT8 activations
-    ft-ptq-w8    PTQ of the base-ft model (fine-tune first, then PTQ: the stricter baseline for QAT)
-    ft-ptq-w8a8  the same with dynamic INT8 activations
-    qat-w8       QAT: fake quantizers (weights) on the selection only, fine-tune, convert to INT8 weight-only
-    qat-w8a8     QAT: fake quantizers (weights + activations), fine-tune, convert to INT8 dynamic activations
-    ptq-fp8      PTQ FP8 row-wise (e4m3 weights per channel, dynamic activations per token); ft-ptq-fp8 of base-ft
-    qat-fp8      QAT with FP8 fake quantizers, fine-tune, convert to FP8 row-wise
-                 (FP8 kernels need a GPU of compute capability >= 8.9: elsewhere the FP8 variants are evaluated by
-                 fake quantization, the same rounding in float arithmetic, and their rows say so)
-    qat-w8-labkit  the converted qat-w8 model (same INT8 codes, not trained again) on labkit's INT8 kernel Linear
-
-Perplexity takes the fastest path that keeps a variant's numbers (labkit.experiments.hybrid.evaluate: w8a8 on a
-GPU through an exact float32 emulation of the INT8 arithmetic, checked against the real model on one batch).
-Speed is timed once per kind of kernels (the first float, w8, w8a8, ... variant); the others name it in `speed_of`.
-
-Fine-tuning runs on fp32 master weights (bf16 autocast when the model runs in bf16: pure-bf16 AdamW would
-round small updates away) on WikiText-2 *validation*; perplexity is measured on WikiText-2 *test*.
-After conversion each variant is checked (`check_hybrid`): attention still runs the expected kernel (profiled),
-the INT8 layers really multiply in integer arithmetic where they claim to (labkit.quant.kernel_evidence), exactly
-the selected layers are 8-bit, and every unselected Linear is untouched (bitwise equal, still a plain Parameter).
-The speed-and-memory half on a real shape with random weights is in labkit.experiments.hybrid.bench.
+One model, one device. Every variant (labkit.experiments.hybrid.config.VARIANTS: float, PTQ of the untouched or the
+fine-tuned model, QAT; INT8 weight-only or w8a8, FP8 row-wise, INT8 on labkit's kernel) starts from the same float
+master copy and gets the same recipe. Fine-tuning runs on fp32 master weights (bf16 autocast when the model runs in
+bf16: pure-bf16 AdamW would round small updates away) on WikiText-2 validation; perplexity is measured on WikiText-2
+test by the fastest path that keeps a variant's numbers (labkit.experiments.hybrid.evaluate). FP8 kernels need a GPU
+of compute capability >= 8.9: elsewhere FP8 variants are evaluated by fake quantization and their rows say so. Speed
+is timed once per kind of kernels; the others name it in `speed_of`. After conversion each variant is checked
+(`check_hybrid`): the attention kernel that ran (profiled), integer matmuls where a variant claims them
+(labkit.quant.kernel_evidence), exactly the selected layers 8-bit, every unselected Linear untouched.
 """
 
 from __future__ import annotations

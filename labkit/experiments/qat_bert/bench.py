@@ -1,17 +1,8 @@
-"""`python -m labkit.bench qat`: FP32 vs PTQ (dynamic, static) vs QAT INT8 on the embedded BERT (notebook 01),
-over seeds, and its targets.
-
-    quick  384 SST-2 training rows, 200 dev rows, a few dozen steps; compiled latency for FP32 and QAT only
-           (CI-sized: a few minutes on 2 cores)
-    full   all 67,349 SST-2 training rows, 3 epochs of batch 32 (6,315 FP32 steps, lr 5e-5) then 1 more epoch
-           (2,105 steps, lr 2e-5) for QAT and for the FP32 reference; the whole dev set (872); 3 seeds (accuracy
-           as mean +- sd); every variant eager and compiled. Training runs on a GPU when one is visible; on 2 CPU
-           cores it would take hours.
-
-Each seed is a whole run (its own fine-tune, data order and QAT), recorded as `seed` (and its rows as `variant`)
-when it finishes; latency and the one-off checks come with the first seed. Each seed's trained models are saved in
-the run folder as each training stage finishes (labkit.experiments.qat_bert.saved_models): `--resume` skips the
-finished seeds and reloads a cut-short seed's models instead of training them again.
+"""`python -m labkit.bench qat`: notebook 01's comparison over seeds (quick: CI-sized; full: all 67,349 SST-2
+training rows, 3 epochs then 1 more for QAT and the FP32 reference, the whole dev set, 3 seeds, training on a GPU
+when one is visible), and its targets. Each seed is a whole run (its own fine-tune, data order and QAT), recorded
+when it finishes; latency comes with the first seed. Each seed's trained models are saved in the run folder as they
+finish (saved_models), so `--resume` skips finished seeds and reloads a cut-short seed's models.
 """
 
 from __future__ import annotations

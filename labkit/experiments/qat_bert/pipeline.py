@@ -1,19 +1,11 @@
 """Notebook 01's experiment: FP32 fine-tune, then PTQ-dynamic, PTQ-static and QAT to INT8, measured side by side.
 
-Stages (each one a function, `run_qat_bert` runs them in order with a tqdm bar):
-    1. fine-tune the classifier in FP32 with the HF Trainer                       -> "fp32"
-    2. continue FP32 training for the QAT budget (same steps, data, schedule)    -> "fp32-extra"
-    3. PTQ: dynamic INT8 (per-token activations) on the FP32 model                -> "ptq-dynamic"
-    4. PTQ: static INT8, activation ranges calibrated on training batches        -> "ptq-static"
-    5. QAT: prepare (fake quant) the FP32 model, train the same extra steps, convert -> "qat"
-    6. each variant: accuracy and F1 on the same eval set, size on disk, CPU latency at batch 1 and 8,
-       sequence length 128, eager and torch.compile'd (timing rounds interleaved across variants)
-All INT8 variants quantize the same layers (default: every Linear in the encoder and pooler, the 2-way
-classifier head stays FP32) and the embeddings (INT8 weight-only), so sizes count every weight.
-This is a CPU experiment by design (the deployment target is a CPU): quantization, evaluation and latency run on
-the CPU even where a GPU is visible. Only the training may run on a GPU (`train_device`, "auto" in the full
-profile), which the full budget (3 epochs of the 67k SST-2 training sentences, 3 seeds) needs in practice.
-The same labkit.quant API runs on GPUs in bf16 (notebook 03).
+`run_qat_bert` runs the stages in order (a tqdm bar): fine-tune in FP32 ("fp32"), the same extra steps in FP32
+("fp32-extra", QAT's reference), PTQ dynamic and static (calibrated on training batches), QAT (prepare, train the
+extra steps, convert); then accuracy and F1 on one eval set, size on disk and CPU latency at batch 1 and 8, length
+128, eager and torch.compile'd (rounds interleaved across variants). Every INT8 variant quantizes the same layers
+(the encoder and pooler Linears; the 2-way head stays FP32) and the embeddings, so sizes count every weight. A CPU
+experiment by design: only the training may run on a GPU (`train_device`, "auto" in the full profile).
 """
 
 from __future__ import annotations
@@ -33,6 +25,7 @@ from tqdm.auto import tqdm
 from labkit.data import load_text_classification, tokenize_classification
 from labkit.experiments import protocol
 from labkit.experiments.protocol import flag, seed_list
+from labkit.experiments.qat_bert.saved_models import SeedModels
 from labkit.measure.timing import interleaved_latency, time_callable
 from labkit.metrics import classification_metrics
 from labkit.models import load_classifier
@@ -149,9 +142,7 @@ class QATBertConfig(protocol.Settings):
 
     def resolved_train_device(self) -> str:
         """"cuda" or "cpu": where training runs ("auto" is cuda when a GPU is visible)."""
-        if self.train_device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return self.train_device
+        return ("cuda" if torch.cuda.is_available() else "cpu") if self.train_device == "auto" else self.train_device
 
     def device_slug(self) -> str:
         return "cpu"  # a CPU experiment by design: only the training may run on a GPU
@@ -159,21 +150,17 @@ class QATBertConfig(protocol.Settings):
     def validate(self) -> None:
         """Fail early, before anything heavy loads, on inputs that cannot work."""
         if self.dataset not in DATASETS:
-            raise ValueError(
-                f"unknown dataset {self.dataset!r} for notebook 01; choose one of {', '.join(DATASETS)}"
-            )
+            raise ValueError(f"unknown dataset {self.dataset!r} for notebook 01; choose one of {', '.join(DATASETS)}")
         for name in ("fp32_steps", "extra_steps", "batch_size", "latency_rounds", "latency_repeat"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        unknown = set(self.compile_variants or ()) - set(VARIANTS)
-        if unknown:
+        if unknown := set(self.compile_variants or ()) - set(VARIANTS):
             raise ValueError(f"compile_variants has unknown variant(s) {sorted(unknown)}; known: {VARIANTS}")
         if not self.seeds:
             raise ValueError("seeds is empty: give at least one seed, e.g. (0, 1, 2)")
         for name in ("fp32_epochs", "extra_epochs"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be above 0 (or None to use the step count), got {value}")
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be above 0 (or None to use the step count), got {getattr(self, name)}")
         if self.train_device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"train_device={self.train_device!r} is not a device; use 'cpu', 'cuda' or 'auto'")
         if self.train_device == "cuda" and not torch.cuda.is_available():
@@ -267,45 +254,26 @@ def evaluate(model: nn.Module, eval_ds, tokenizer, batch_size: int = 32, desc: s
 # ------------------------------------------------------------------------------------------ quantize
 
 
-def make_ptq_dynamic(fp32: nn.Module, cfg: QATBertConfig) -> nn.Module:
-    """A copy of `fp32` with dynamic INT8 Linear layers (and INT8 embeddings)."""
+def make_ptq(fp32: nn.Module, cfg: QATBertConfig, calibration: list[dict] | None = None) -> nn.Module:
+    """A copy of `fp32` with INT8 Linear layers (and INT8 embeddings): dynamic per-token activations (weight-only
+    when `cfg.activations` is None), or static ones calibrated on `calibration` batches."""
     model = copy.deepcopy(fp32).eval()
-    if cfg.activations is None:
-        quantize_weight_only_int8(model, cfg.layers)
+    if calibration is not None:
+        quantize_static_int8(model, cfg.layers, calibration)
     else:
-        quantize_dynamic_int8(model, cfg.layers)
-    if cfg.embeddings:
-        quantize_embeddings_int8(model)
-    return model
-
-
-def make_ptq_static(fp32: nn.Module, cfg: QATBertConfig, train_ds, tokenizer) -> nn.Module:
-    """A copy of `fp32` with static INT8 Linear layers calibrated on training batches (and INT8 embeddings)."""
-    model = copy.deepcopy(fp32).eval()
-    calib = list(batches(train_ds, tokenizer, cfg.batch_size, limit=cfg.calibration_batches, shuffle_seed=cfg.seed + 1))
-    quantize_static_int8(model, cfg.layers, calib)
-    if cfg.embeddings:
-        quantize_embeddings_int8(model)
-    return model
+        (quantize_weight_only_int8 if cfg.activations is None else quantize_dynamic_int8)(model, cfg.layers)
+    return quantize_embeddings_int8(model) if cfg.embeddings else model
 
 
 def make_qat(fp32: nn.Module, cfg: QATBertConfig, train_ds, tokenizer, store=None) -> tuple[nn.Module, dict]:
-    """A copy of `fp32`, prepared with fake quantizers, trained `extra_steps`, converted to real INT8.
+    """A copy of `fp32`, prepared with fake quantizers, trained `extra_steps`, converted to real INT8. `store`: a
+    `saved_models.SeedModels` that saves the trained QAT model (before convert), or loads it when it was saved."""
+    def train_qat(model: nn.Module) -> dict:
+        prepare_qat(model.train(), cfg.layers, activations=cfg.activations, embeddings=cfg.embeddings)
+        return train(model, train_ds, tokenizer, cfg, cfg.extra_steps, cfg.extra_lr, "qat")
 
-    store: a `saved_models.SeedModels`; the trained QAT model (before convert) is saved there, or loaded from it
-    instead of training when an earlier attempt saved it."""
-    saved = store.load("qat", copy.deepcopy(fp32)) if store is not None else None
-    if saved is not None:
-        model, info = saved
-    else:
-        model = copy.deepcopy(fp32).train()
-        prepare_qat(model, cfg.layers, activations=cfg.activations, embeddings=cfg.embeddings)
-        info = train(model, train_ds, tokenizer, cfg, cfg.extra_steps, cfg.extra_lr, "qat")
-        if store is not None:
-            store.save("qat", model, info)
-    convert_qat(model)
-    return model.eval(), info
-
+    model, info = (store or SeedModels(None, cfg)).trained("qat", copy.deepcopy(fp32), train_qat)
+    return convert_qat(model).eval(), info
 
 
 # ------------------------------------------------------------------------------------------- latency
@@ -383,8 +351,6 @@ def run_qat_bert(cfg: QATBertConfig | None = None, progress: bool = True, keep_m
     is called as each stage finishes (the benchmark logs them as it goes). `models_dir`: a run folder; each
     training stage's model is saved there as it finishes (`saved_models`), and a stage already saved there is
     loaded instead of trained (how `--resume` skips the training an interrupted run finished)."""
-    from labkit.experiments.qat_bert.saved_models import SeedModels, trained_or_loaded, training_settings
-
     cfg = cfg or QATBertConfig.for_profile("quick")
     cfg.validate()
     torch.manual_seed(cfg.seed)
@@ -412,24 +378,25 @@ def run_qat_bert(cfg: QATBertConfig | None = None, progress: bool = True, keep_m
     vocab_size = model.config.vocab_size
     done("load")
 
-    store = SeedModels(models_dir, cfg.seed, training_settings(cfg)) if models_dir is not None else None
-    model, fp32_info = trained_or_loaded(store, "fp32", model,
-                                         lambda m: train(m, train_ds, tokenizer, cfg, cfg.fp32_steps, cfg.lr, "fp32"))
+    store = SeedModels(models_dir, cfg)
+    model, fp32_info = store.trained("fp32", model,
+                                     lambda m: train(m, train_ds, tokenizer, cfg, cfg.fp32_steps, cfg.lr, "fp32"))
     models: dict[str, nn.Module] = {"fp32": model}
     info: dict[str, dict] = {"fp32": fp32_info}
     done("fine-tune FP32")
 
-    extra, info["fp32-extra"] = trained_or_loaded(
-        store, "fp32-extra", copy.deepcopy(model).train(),
+    extra, info["fp32-extra"] = store.trained(
+        "fp32-extra", copy.deepcopy(model).train(),
         lambda m: train(m, train_ds, tokenizer, cfg, cfg.extra_steps, cfg.extra_lr, "fp32-extra"))
     info["fp32-extra"]["steps"] += cfg.fp32_steps
     models["fp32-extra"] = extra
     done("FP32 extra steps")
 
-    models["ptq-dynamic"] = make_ptq_dynamic(model, cfg)
+    models["ptq-dynamic"] = make_ptq(model, cfg)
     info["ptq-dynamic"] = {"steps": cfg.fp32_steps}
     done("PTQ dynamic")
-    models["ptq-static"] = make_ptq_static(model, cfg, train_ds, tokenizer)
+    models["ptq-static"] = make_ptq(model, cfg, list(batches(train_ds, tokenizer, cfg.batch_size,
+                                                             limit=cfg.calibration_batches, shuffle_seed=cfg.seed + 1)))
     info["ptq-static"] = {"steps": cfg.fp32_steps, "calibration_batches": cfg.calibration_batches}
     done("PTQ static")
     models["qat"], info["qat"] = make_qat(model, cfg, train_ds, tokenizer, store)
@@ -471,21 +438,16 @@ def run_qat_bert(cfg: QATBertConfig | None = None, progress: bool = True, keep_m
             "train_steps": info[name].get("steps"), "train_loss": info[name].get("train_loss"),
         }
         for b in cfg.latency_batch_sizes:
-            e = eager[name].get(b)
-            row[f"latency_ms_b{b}"] = e["p50_ms"] if e else None
-            row[f"latency_ms_b{b}_p10"] = e["p10_ms"] if e else None
-            row[f"latency_ms_b{b}_p90"] = e["p90_ms"] if e else None
+            e, c = eager[name].get(b), compiled.get(name, {}).get(b)
             row[f"latency_b{b}_repeats"] = e["n"] if e else None
-            c = compiled.get(name, {}).get(b)
-            row[f"latency_ms_b{b}_compiled"] = c["p50_ms"] if c else None
-            row[f"latency_ms_b{b}_compiled_p10"] = c["p10_ms"] if c else None
-            row[f"latency_ms_b{b}_compiled_p90"] = c["p90_ms"] if c else None
+            for key, entry in ((f"latency_ms_b{b}", e), (f"latency_ms_b{b}_compiled", c)):
+                row.update({key + suffix: entry[q] if entry else None
+                            for suffix, q in (("", "p50_ms"), ("_p10", "p10_ms"), ("_p90", "p90_ms"))})
             if c:
                 row["compile_warmup_s"] = round(c["warmup_s"], 1)
             for kind, entry in (("eager", e), ("compiled", c)):
                 if entry and "matmul" in entry:
-                    row[f"matmul_{kind}"] = entry["matmul"]["summary"]
-                    row[f"matmul_{kind}_ok"] = entry["matmul"]["ok"]
+                    row.update({f"matmul_{kind}": entry["matmul"]["summary"], f"matmul_{kind}_ok": entry["matmul"]["ok"]})
         rows.append(row)
     config = asdict(cfg)
     config["layers"] = cfg.layers if isinstance(cfg.layers, (str, list, tuple, type(None))) else repr(cfg.layers)
