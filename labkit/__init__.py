@@ -10,8 +10,9 @@ Layers, lowest first; a module imports only from its own layer or below (checked
     labkit.train, labkit.deploy   training at scale and deployment
     labkit.plots        every figure, one palette
     labkit.widgets      layer picker and live sweep plot
-    labkit.experiments  qat_bert, attention, kernels, hybrid: what the notebooks and the benchmarks run
-    labkit.cli          `python -m labkit.bench <experiment>` (labkit.bench is its module name)
+    labkit.experiments  one per lesson (qat_bert, deploy_bert, attention, kernels, triton_fa2, hybrid, fast8bit,
+                        hybrid_qat_fsdp): what the notebooks and the benchmarks run, and their targets
+    labkit.bench        `python -m labkit.bench <experiment>`: the one runner of every experiment
 
 Notebooks import the subpackages: `from labkit import attention, experiments, plots, quant, results, widgets`.
 Nothing here downloads anything at import time.

@@ -87,7 +87,7 @@ def test_an_empty_layer_selection_is_refused_and_the_head_is_selected_only_by_na
 
 def test_an_empty_layers_argument_is_refused_before_any_model_loads(tmp_path, monkeypatch, capsys):
     import labkit.experiments.hybrid.bench as bench
-    from labkit.cli import main
+    from labkit.bench import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(bench, "load_causal_lm", lambda *a, **k: pytest.fail("a model was loaded"))

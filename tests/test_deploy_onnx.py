@@ -126,12 +126,15 @@ def test_missing_file_and_bad_options_are_refused(tmp_path, int8_file):
 
 
 def test_experiment_arguments_and_targets():
-    from labkit.experiments import deploy_bert as exp
+    import argparse
+    import os
 
-    assert exp.parse_threads("1,2") == [1, 2]
-    with pytest.raises(ValueError, match="--threads"):
-        exp.parse_threads("1,many")
-    assert exp.parse_stages("latency,accuracy") == ("accuracy", "latency")
+    from labkit.experiments import deploy_bert as exp
+    from labkit.experiments.deploy_bert.bench import thread_counts
+
+    assert thread_counts("1,2") == (1, 2) and thread_counts("1,all") == (1, os.cpu_count())
+    with pytest.raises(argparse.ArgumentTypeError, match="'many' is not a thread count"):
+        thread_counts("1,many")
     assert set(exp.cpu_flags()) >= {"avx512_vnni", "amx_int8"} or exp.cpu_flags() == {}
     row = {"p10_ms": 1.0, "p90_ms": 1.0, "threads": 1, "batch": 8}
     seed = {"n_eval": 872, "accuracy": {"torch-fp32": {"accuracy": 0.866}, "ort-qat-int8": {"accuracy": 0.865},
@@ -141,11 +144,11 @@ def test_experiment_arguments_and_targets():
                         {**row, "variant": "ort-peer-int8", "p50_ms": 43.0, "p10_ms": 42.0, "p90_ms": 44.0},
                         {**row, "variant": "ort-qat-int8", "p50_ms": 38.0, "p10_ms": 37.0, "p90_ms": 39.0}],
             "seed_results": {"0": seed}}
-    checks = {c["target"]: c["verdict"] for c in exp.target_checks(data)}
+    checks = {c["target"]: c["verdict"] for c in exp.targets(data)}
     assert [t for t, v in checks.items() if v != "met"] == [t for t in checks if "accuracy" in t or "matches" in t]
     assert {checks[t] for t in checks if "accuracy" in t or "matches" in t} == {"no verdict"}  # one seed
     data["latency"][2].update(p10_ms=44.0, p50_ms=45.0, p90_ms=46.0)  # slower than the peer, above 0.40x
-    assert not any(c["met"] is True for c in exp.target_checks(data) if "latency" in c["target"] or "peer (" in c["target"])
+    assert not any(c["met"] is True for c in exp.targets(data) if "latency" in c["target"] or "peer (" in c["target"])
 
 
 def test_one_int8_linear_in_the_graph_computes_torchaos_result(models, int8_file, tmp_path):
@@ -227,7 +230,7 @@ def test_ort_profile_groups_every_kernel_of_the_exact_graph_and_the_peer(models,
     """ORT's profiler by op group: every kernel time lands in a group, the integer GEMMs are there in both graphs,
     the lab's graph shows its per-token quantization ops and the peer none (its quantization is inside the GEMM)."""
     from labkit.deploy.onnx_export import export_onnx, quantize_dynamic_peer
-    from labkit.experiments.deploy_bert.int8_profile import profile_ort
+    from labkit.experiments.deploy_bert import profile_ort
 
     exact = export_qat_int8(models[1], tmp_path / "exact.onnx", fusions="exact")["path"]
     peer = quantize_dynamic_peer(export_onnx(models[0], tmp_path / "fp32.onnx"), tmp_path / "peer.onnx")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit.cli import main
+from labkit.bench import main
 from labkit.results import load_reference, read_jsonl, reference_dir
 
 REFERENCES = sorted(reference_dir().glob("*.json"))
@@ -69,7 +69,7 @@ def fake_fa2(monkeypatch):
         log(("breakdown", backend))
         return {"backend": backend, "wall_us": 10.0, "gpu_us": 5.0}
 
-    monkeypatch.setattr(bench, "gpu_unavailable_reason", lambda: None)
+    monkeypatch.setattr("labkit.experiments.protocol.cuda_visible", lambda: True)
     monkeypatch.setattr(bench, "check_case", check_case)
     monkeypatch.setattr(bench, "time_case", time_case)
     monkeypatch.setattr(bench, "kernel_breakdown", kernel_breakdown)
@@ -80,10 +80,9 @@ FA2 = ["triton-fa2", "--profile", "quick", "--backends", "triton-fa2,fa2"]
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--seq-lens", "1024,x"], "--seq-lens '1024,x'"),
-    (["--head-dims", "0"], "--head-dims '0': every value must be at least 1"),
-    (["--backends", "fa3"], "--backends 'fa3': unknown ['fa3']"),
-    (["--reference"], "--update-reference"),
+    (["--seq-lens", "1024,x"], "argument --seq-lens: '1024,x' is not a comma-separated list of whole numbers"),
+    (["--head-dims", "0"], "argument --head-dims: '0': every value must be at least 1"),
+    (["--backends", "fa3"], "argument --backends: 'fa3': unknown 'fa3'; choose from triton-fa2,fa2,cudnn"),
     (["--update-reference"], "--update-reference with --profile quick"),
     (["--resume"], "--resume needs --out"),
 ])
@@ -103,9 +102,9 @@ def test_triton_fa2_writes_a_run_folder_and_appends_each_measurement(in_tmp, fak
     data = json.loads(out.read_text())
     assert data["status"] == "complete" and data["experiment"] == "triton_fa2"
     assert len(data["checks"]) == 2 and len(data["rows"]) == 2 * 2 * 2 and len(data["backward_breakdown"]) == 2
-    kinds = [r["kind"] for r in read_jsonl(out.with_suffix(".jsonl"))]
+    kinds = [r["record"] for r in read_jsonl(out.with_suffix(".jsonl"))]
     assert kinds == ["check"] * 2 + ["timing"] * 8 + ["breakdown"] * 2
-    assert len(calls) == 12
+    assert len(calls) == 12 and [t["verdict"] for t in data["targets"]] == ["met"]
 
 
 def test_triton_fa2_interrupted_then_resumed_measures_only_the_rest(in_tmp, fake_fa2):
@@ -139,27 +138,10 @@ def test_triton_fa2_failed_check_fails_the_run_and_spares_the_reference(in_tmp, 
     assert ref["status"] == "complete" and "files" not in ref
 
 
-def test_committed_triton_fa2_reference_loads_through_the_one_loader(tmp_path):
-    """The committed H100 file loads through the one loader; a file of the old writer (status "done") still reads
-    as complete."""
-    from labkit.attention.triton_fa2_bench import load_committed
-    from labkit.results import write_json
-
+def test_committed_triton_fa2_reference_loads_through_the_one_loader():
     data, message = load_reference("triton_fa2", "h100")
     assert data is not None, message
     assert data["status"] == "complete" and len(data["rows"]) > 0 and len(data["prefill"]) > 0
-    assert load_committed("h100")["rows"] == data["rows"]
-    write_json(tmp_path / "triton_fa2_h100.json", {**data, "status": "done"})
-    old, message = load_reference("triton_fa2", "h100", directory=tmp_path)
-    assert old is not None and old["status"] == "complete", message
-
-
-def test_done_is_read_as_complete_only_by_the_loader(tmp_path):
-    from labkit.results import is_reference, write_json
-
-    write_json(tmp_path / "triton_fa2_h100.json", {"provenance": {"profile": "quick"}, "status": "done"})
-    assert load_reference("triton_fa2", "h100", directory=tmp_path)[0] is None  # still only full-profile runs
-    assert not is_reference({"provenance": {"profile": "full"}, "status": "done"})[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -169,8 +151,7 @@ def test_done_is_read_as_complete_only_by_the_loader(tmp_path):
 @pytest.fixture
 def fake_fast8bit(monkeypatch):
     """The four parts faked (each makes two measurements, skipping what `record.done` finds), no GPU needed."""
-    import labkit.experiments.fast8bit.driver as driver
-    import labkit.experiments.fast8bit.options as options
+    import labkit.experiments.fast8bit.bench as driver
 
     made: list[tuple] = []
     state = {"interrupt_at": None, "broken": None}
@@ -191,7 +172,7 @@ def fake_fast8bit(monkeypatch):
                 assert len(read_jsonl(record.run.jsonl_path)) == len(record.run.result["rows"])
         return run_part
 
-    monkeypatch.setattr(options, "gpu_unavailable_reason", lambda: None)
+    monkeypatch.setattr("labkit.experiments.protocol.cuda_visible", lambda: True)
     for part in ("kernel", "block", "decode", "prefill"):
         monkeypatch.setattr(driver, f"{part}_part", fake(part))
     return made, state
@@ -212,10 +193,10 @@ def test_gpu_benchmark_without_a_gpu_is_a_usage_error(argv, in_tmp, capsys):
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--parts", "kernel,nope"], "--parts 'kernel,nope': unknown part(s) ['nope']"),
-    (["--ms", "1,0"], "--ms '1,0'"),
-    (["--new-tokens", "1"], "--new-tokens 1"),
-    (["--reference"], "--update-reference"),
+    (["--parts", "kernel,nope"], "argument --parts: 'kernel,nope': unknown 'nope'; choose from kernel,block,"),
+    (["--ms", "1,0"], "argument --ms: '1,0': every value must be at least 1"),
+    (["--block-variants", "int4"], "argument --block-variants: 'int4': unknown 'int4'"),
+    (["--new-tokens", "1"], "--new-tokens 1: must be at least 2"),
     (["--update-reference"], "--update-reference with --profile quick"),
     (["--profile", "full", "--update-reference", "--parts", "kernel"], "holds every part"),
     (["--resume"], "--resume needs --out"),
@@ -235,7 +216,7 @@ def test_fast8bit_cut_short_then_resumed_skips_finished_measurements(in_tmp, fak
     out = _only_run(in_tmp, "fast8bit")
     data = json.loads(out.read_text())
     assert data["status"] == "interrupted" and f"--resume --out {out.relative_to(in_tmp)}" in data["reason"]
-    assert [r["part"] for r in read_jsonl(out.with_suffix(".jsonl"))] == ["kernel", "kernel", "block"]
+    assert [r["record"] for r in read_jsonl(out.with_suffix(".jsonl"))] == ["kernel", "kernel", "block"]
     state["interrupt_at"] = None
     made.clear()
     assert main([*F8, "--out", str(out.parent), "--resume"]) == 0
@@ -264,9 +245,7 @@ def test_fast8bit_update_reference_copies_a_complete_full_run(in_tmp, fake_fast8
 
 def test_fast8bit_end_to_end_parts_skip_what_an_earlier_attempt_measured(monkeypatch):
     """The real decode and prefill parts: nothing recorded is measured again (no model is even built)."""
-    from argparse import Namespace
-
-    import labkit.experiments.fast8bit.end_to_end as e2e
+    import labkit.experiments.fast8bit.bench as fb
     import labkit.measure.generation as generation
 
     class Record:
@@ -280,21 +259,21 @@ def test_fast8bit_end_to_end_parts_skip_what_an_earlier_attempt_measured(monkeyp
             self.rows.append(row)
 
     built = []
-    monkeypatch.setattr(e2e, "_build", lambda shape, variant, attn: built.append(variant) or object())
-    monkeypatch.setattr(e2e, "_weight_gib", lambda model: 1.0)
+    monkeypatch.setattr(fb, "_build", lambda shape, variant, attn: built.append(variant) or object())
+    monkeypatch.setattr(fb, "_weight_gib", lambda model: 1.0)
     monkeypatch.setattr(generation, "compiled_prefill",
                         lambda model, n, compiled, budget_s: {"seq_len": n, "compiled": compiled, "p50_ms": 1.0})
-    monkeypatch.setattr(generation, "random_ids", lambda model, n: None)
+    monkeypatch.setattr("labkit.measure.prefill.random_input_ids", lambda model, n: None)
     monkeypatch.setattr(generation, "cuda_kernels", lambda fn, warmup=0: [])
-    monkeypatch.setattr(e2e, "kernel_check", lambda variant, m, kernels: {"kernel_ok": True})
-    args = Namespace(shape="llama-2-7b", no_eager=False, prefill_len=64, prompt=4, new_tokens=4, decode_repeat=1)
+    monkeypatch.setattr(fb, "kernel_check", lambda variant, m, kernels: {"kernel_ok": True})
+    settings = fb.Settings.for_profile("quick", prefill_len=64, prompt=4, new_tokens=4, decode_repeat=1)
     previous = [{"part": "decode", "variant": v, "compiled": c} for v in ("bf16", "labkit-int8-ff") for c in (0, 1)]
     previous = [{**r, "compiled": bool(r["compiled"])} for r in previous]
     previous += [{"part": "prefill", "variant": "bf16", "compiled": c} for c in (False, True)]
     previous += [{"part": "prefill", "variant": "w8a8-ff", "compiled": False}]
     record = Record(previous)
-    e2e.decode_part(record, args, ["bf16", "labkit-int8-ff"])
-    e2e.prefill_part(record, args, ["bf16", "w8a8-ff"])
+    fb.decode_part(record, settings, ["bf16", "labkit-int8-ff"])
+    fb.prefill_part(record, settings, ["bf16", "w8a8-ff"])
     assert built == ["w8a8-ff"]
     assert [(r["part"], r["variant"], r["compiled"]) for r in record.rows] == [("prefill", "w8a8-ff", True)]
 
@@ -344,7 +323,6 @@ def one_process(monkeypatch):
 
 @pytest.mark.parametrize("argv, expected", [
     (["--update-reference"], "combines several runs"),
-    (["--write-reference"], "combines several runs"),
     (["--resume"], "--resume needs --out"),
     (["--modes", "qat-w4"], "--modes"),
     (["--from-checkpoint"], "--checkpoint-dir"),
@@ -376,7 +354,7 @@ def test_hybrid_qat_interrupted_then_resumed_skips_finished_runs(in_tmp, one_pro
     out = _only_run(in_tmp, "hybrid_qat_fsdp")
     data = json.loads(out.read_text())
     assert data["status"] == "interrupted" and trained == ["qat"]
-    kinds = [r["kind"] for r in read_jsonl(out.with_suffix(".jsonl"))]
+    kinds = [r["record"] for r in read_jsonl(out.with_suffix(".jsonl"))]
     assert kinds == ["step", "step", "run"]  # each step appended as it finished, then the finished run
     stop = False
     trained.clear()
@@ -406,9 +384,7 @@ def test_hybrid_qat_reference_is_combined_only_from_complete_full_runs(tmp_path,
 def test_fast8bit_kernel_and_block_parts_measured_before_are_not_measured_again(monkeypatch):
     """All of the kernel part in the JSONL: nothing runs (no GPU touched) and the tuned launch configs it found are
     put back for the later parts; likewise the block part."""
-    from labkit.experiments.fast8bit.block import block_part
-    from labkit.experiments.fast8bit.common import FF_SHAPES
-    from labkit.experiments.fast8bit.kernel import kernel_part
+    from labkit.experiments.fast8bit.bench import FF_SHAPES, block_part, kernel_part
     from labkit.quant import int8_kernel as ik
 
     class Record:

@@ -100,7 +100,7 @@ def test_fp8_and_labkit_rows_exist_are_labelled_and_checked(tiny, blocks):
     assert abs(lab["ppl"] / rows["qat-w8"]["ppl"] - 1) < 1e-3  # the same INT8 codes as qat-w8, not trained again
     assert lab["kernel_check"]["ok"] and "interpreter" in lab["kernel_check"]["kernel"]  # conftest: CPU Triton
     assert "qat-w8-labkit" not in res.losses
-    targets = {t["target"] for t in hy.evaluate_targets(res.rows)}
+    targets = {t["target"] for t in hy.targets({"rows": res.rows})}
     assert "QAT (fp8, fake-quantized) perplexity within 1% of the equally fine-tuned float model" in targets
     assert "QAT (w8, labkit kernel) perplexity within 1% of the equally fine-tuned float model" in targets
 
@@ -182,7 +182,8 @@ def _seed(ft: float, **ppl: float) -> list[dict]:
 def test_new_variants_get_the_1_percent_verdict_over_seeds(variant, words):
     def judge(pairs):
         runs = [_seed(ft, **{variant: q}) for ft, q in pairs]
-        found = [t for t in hy.evaluate_targets(runs[0], runs=runs) if t.get("variant") == variant.replace("_", "-")]
+        found = [t for t in hy.targets({"rows": runs[0], "seed_rows": dict(enumerate(runs))})
+                 if t.get("variant") == variant.replace("_", "-")]
         assert len(found) == 1 and found[0]["target"].startswith(f"QAT ({words}) perplexity within 1%")
         return found[0]
 
@@ -221,7 +222,7 @@ def test_resume_makes_the_model_a_variant_starts_from_again(tmp_path, monkeypatc
     import json
 
     import labkit.experiments.hybrid.bench as bench
-    from labkit.cli import main
+    from labkit.bench import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(bench, "load_causal_lm", lambda *a, **k: (object(), object()))
@@ -243,7 +244,7 @@ def test_a_failed_variant_does_not_cost_the_other_variants_their_seeds(tmp_path,
     import json
 
     import labkit.experiments.hybrid.bench as bench
-    from labkit.cli import main
+    from labkit.bench import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(bench, "load_causal_lm", lambda *a, **k: (object(), object()))
@@ -261,7 +262,7 @@ def test_a_variant_failing_on_a_later_seed_fails_the_run_and_resume_measures_tha
     import json
 
     import labkit.experiments.hybrid.bench as bench
-    from labkit.cli import main
+    from labkit.bench import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(bench, "load_causal_lm", lambda *a, **k: (object(), object()))
@@ -317,7 +318,7 @@ def test_the_kernel_check_catches_a_kernel_that_disagrees_with_the_prefill_path(
 
 def test_bench_refuses_a_variant_without_its_parent_before_any_work(tmp_path, monkeypatch, capsys):
     import labkit.experiments.hybrid.bench as bench
-    from labkit.cli import main
+    from labkit.bench import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(bench, "load_causal_lm", lambda *a, **k: pytest.fail("a model was loaded"))

@@ -57,7 +57,7 @@ def test_quick_pipeline_every_variant(tiny, blocks):
     assert all(len(v) == 2 for v in res.losses.values())
     assert all(torch.equal(before[k], v) for k, v in tiny.state_dict().items())  # the caller's model is untouched
     # one seed: perplexity targets give no verdict (they need >= 3 seeds and a margin beyond the spread)
-    assert {t["verdict"] for t in hy.evaluate_targets(res.rows)} == {"no verdict"}
+    assert {t["verdict"] for t in hy.targets({"rows": res.rows})} == {"no verdict"}
 
 
 def test_variant_quantizes_only_the_selection_and_check_catches_tampering(tiny):
@@ -106,8 +106,12 @@ def test_shape_benchmark_code_path_on_cpu():
     w8 = [r for r in rows if r["mode"] == "w8"][0]
     assert w8["int8_layers"] == 6 and w8["int8_matches_selection"] and w8["unselected_untouched"]
     assert w8["weight_gib"] < rows[0]["weight_gib"]
-    targets = {t["target"]: t["met"] for t in hy.evaluate_targets([], rows, long_len=64)}
+    targets = {t["target"]: t["met"] for t in hy.targets({"shape_rows": rows}, long_len=64)}
     assert targets["tiny-llama shape: INT8 feed-forward (w8) + FA2 reaches 64 tokens within an 80 GB GPU's memory"] is True
+
+
+def _targets(rows, shape=None, runs=None):
+    return hy.targets({"rows": rows, "shape_rows": shape, "seed_rows": dict(enumerate(runs or []))})
 
 
 def test_targets_from_rows():
@@ -118,24 +122,24 @@ def test_targets_from_rows():
               "peak_gib": 20.0, "latency_ms": 100.0, "model": "llama-2-7b", "variant": "bf16+fa2"},
              {"mode": "w8", "kind": "prefill", "seq_len": 32768, "ok": False, "oom": True, "weight_gib": 8.6,
               "peak_gib": None, "latency_ms": None, "model": "llama-2-7b", "variant": "int8-ff-w8+fa2"}]
-    met = {t["target"]: t["met"] for t in hy.evaluate_targets(rows, shape, runs=[rows] * 3)}
+    met = {t["target"]: t["met"] for t in _targets(rows, shape, runs=[rows] * 3)}
     assert met["QAT (w8a8) perplexity within 1% of the equally fine-tuned float model"] is True
     assert met["QAT (w8a8) perplexity better than PTQ (w8a8) of the same layers"] is True
-    assert hy.evaluate_targets(rows, shape)[0]["verdict"] == "no verdict"  # one seed
+    assert _targets(rows, shape)[0]["verdict"] == "no verdict"  # one seed
     assert met["llama-2-7b shape: INT8 feed-forward (w8) weight memory <= 0.7x bf16"] is True
     reach = "llama-2-7b shape: INT8 feed-forward (w8) + FA2 reaches 32768 tokens within an 80 GB GPU's memory"
     assert met[reach] is False  # out of memory
     shape[1].update(ok=True, oom=False, peak_gib=90.0)  # ran, but on a card bigger than 80 GB
-    assert {t["target"]: t["met"] for t in hy.evaluate_targets(rows, shape)}[reach] is False
+    assert {t["target"]: t["met"] for t in _targets(rows, shape)}[reach] is False
     shape[1]["peak_gib"] = 14.0
-    assert {t["target"]: t["met"] for t in hy.evaluate_targets(rows, shape)}[reach] is True
+    assert {t["target"]: t["met"] for t in _targets(rows, shape)}[reach] is True
     rows[2]["ppl"] = 20.3
-    assert hy.evaluate_targets(rows, runs=[rows] * 3)[0]["met"] is False
+    assert _targets(rows, runs=[rows] * 3)[0]["met"] is False
 
 
 def test_bench_command_refuses_a_missing_model_before_writing_anything(tmp_path, monkeypatch, capsys):
     """An unknown --model is a usage error (exit 2) before any work: no result file claims a complete run."""
-    from labkit.cli import main
+    from labkit.bench import main
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "hybrid.json"

@@ -85,7 +85,7 @@ def test_hybrid_check_fails_a_w8a8_model_that_multiplies_in_float(monkeypatch):
     """The after-conversion check of notebook 03 / the hybrid benchmark includes the matmul evidence."""
     import torchao.kernel.intmm as intmm
 
-    from labkit.experiments.hybrid.checks import check_hybrid, snapshot_unselected
+    from labkit.experiments.hybrid import check_hybrid, snapshot_unselected
     from labkit.models import build_from_shape
 
     model = build_from_shape("tiny-llama", dtype=torch.float32, device="cpu", num_layers=1)

@@ -6,12 +6,14 @@ import pytest
 import torch
 
 from labkit.attention import kernels
-from labkit.attention.kernels import attention_flops, bench_kernel, kernel_benchmark
+from labkit.attention.kernels import attention_flops, bench_kernel
+from labkit.experiments.kernels import kernel_benchmark
 
 
 def test_flop_count_is_the_standard_one():
     assert attention_flops(1, 32, 4096, 128, causal=False) == 4 * 32 * 4096**2 * 128
     assert attention_flops(2, 32, 4096, 128, causal=True) == 4 * 32 * 4096**2 * 128  # batch 2, halved
+    assert attention_flops(1, 32, 4096, 128, causal=False, backward=True) == 2.5 * 4 * 32 * 4096**2 * 128
 
 
 @pytest.mark.parametrize("backend", ["eager", "sdpa", "math"])

@@ -19,7 +19,7 @@ def test_provenance_records_the_profile_that_ran(monkeypatch):
 
 def test_hybrid_file_says_full_when_full_ran_under_a_quick_environment(tmp_path, monkeypatch):
     """hybrid_cpu.json said "quick" for a `--profile full` run: the environment variable was recorded."""
-    from labkit.cli import main
+    from labkit.bench import main
 
     monkeypatch.setenv("LABKIT_PROFILE", "quick")
     monkeypatch.chdir(tmp_path)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from labkit.models import UnknownModelError
-from labkit.experiments.qat_bert import VARIANTS, QATBertConfig, results_frame, run_qat_bert, target_checks
+from labkit.experiments.qat_bert import VARIANTS, QATBertConfig, results_frame, run_qat_bert, targets
 
 
 def tiny_config(data_dir, **kw) -> QATBertConfig:
@@ -48,17 +48,17 @@ def test_pipeline_produces_every_variant(result):
         assert rows[v]["size_mb"] < 0.3 * rows["fp32"]["size_mb"], "INT8 size must count every weight"
     assert rows["fp32-extra"]["train_steps"] == rows["qat"]["train_steps"] == 4, "same budget for the reference"
     assert result.round_trip["same_predictions"] and result.round_trip["max_abs_diff"] == 0.0
-    checks = target_checks(result.rows)
+    checks = targets({"rows": result.rows})
     assert len(checks) == 4 and checks[2]["met"] is None  # compiled latency: not measured here
     assert list(results_frame(result.rows).index)[-1] == "QAT INT8"
 
 
 @pytest.mark.slow
 def test_bench_writes_reference_json(result, tmp_path, monkeypatch):
-    import labkit.experiments.qat_bert.pipeline as pipeline
-    from labkit.cli import main
+    import labkit.experiments.qat_bert.bench as bench
+    from labkit.bench import main
 
-    monkeypatch.setattr(pipeline, "run_qat_bert", lambda cfg, **kw: result)
+    monkeypatch.setattr(bench, "run_qat_bert", lambda cfg, **kw: result)
     out = tmp_path / "qat_bert_cpu.json"
     assert main(["qat", "--profile", "quick", "--out", str(out), "--no-compile"]) == 0
     data = json.loads(out.read_text())

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from labkit.cli import main
+from labkit.bench import main
 from labkit.results import read_jsonl
 
 
@@ -74,8 +74,8 @@ def test_resume_reloads_trained_models_instead_of_training(fake_training, tmp_pa
     assert data["status"] == "complete" and data["seeds"] == [0, 1]
     rows = {r["variant"]: r for r in data["seed_rows"]["0"]}
     assert rows["fp32"]["train_loss"] == pytest.approx(0.1) and rows["fp32-extra"]["train_loss"] == pytest.approx(0.2)
-    kinds = [r["kind"] for r in read_jsonl(run / "result.jsonl")]
-    assert kinds.count("seed") == 2 and kinds[-1] == "result"
+    kinds = [r["record"] for r in read_jsonl(run / "result.jsonl")]
+    assert kinds.count("seed") == 2 and kinds[-1] == "seed"
     for seed in (0, 1):
         assert (run / "models" / f"seed{seed}" / "qat.safetensors").is_file()
 

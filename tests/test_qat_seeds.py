@@ -7,9 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from labkit.experiments.qat_bert.pipeline import QATBertConfig
-from labkit.experiments.qat_bert.report import matmul_checks, target_checks
-from labkit.experiments.qat_bert.seeds import run_seeds, seeds_report
+from labkit.experiments.qat_bert import targets
+from labkit.experiments.qat_bert.bench import matmul_checks
+from labkit.experiments.qat_bert.pipeline import QATBertConfig, run_qat_bert
+
+
+def target_checks(rows, runs=None, n_eval=None):
+    """The targets of a result holding these rows (and these seeds' rows)."""
+    return targets({"rows": rows, "seed_rows": dict(enumerate(runs or [])), "config": {"n_eval_actual": n_eval}})
 
 
 def test_full_profile_trains_to_convergence_over_three_seeds():
@@ -58,21 +63,18 @@ def _data_dir() -> Path:
 
 
 @pytest.mark.slow
-def test_run_seeds_tiny_with_resume_and_matmul_evidence():
+def test_tiny_run_has_matmul_evidence_for_every_variant():
     cfg = QATBertConfig.for_profile(
         "quick", n_train=16, n_eval=16, batch_size=8, fp32_epochs=1.0, extra_steps=1, calibration_batches=1,
         latency_batch_sizes=(1, 2), latency_seq_len=16, latency_rounds=1, latency_repeat=1, latency_warmup=1,
-        compile=False, data_dir=str(_data_dir()), seeds=(0, 1))
-    seen = []
-    first, rows = run_seeds(cfg, progress=False, done={1: [{"variant": "stub"}]}, on_seed=lambda s, r: seen.append(s))
-    assert seen == [0] and list(rows) == [0, 1] and rows[1] == [{"variant": "stub"}]  # seed 1 resumed, not rerun
+        compile=False, data_dir=str(_data_dir()))
+    first = run_qat_bert(cfg, progress=False)
     assert first.config["fp32_steps"] == 2 and first.config["seed"] == 0  # 1 epoch of 16 rows in batches of 8
     checks = {(c["variant"], c["mode"]): c for c in matmul_checks(first.rows)}
     assert {v for v, _ in checks} == {"fp32", "fp32-extra", "ptq-dynamic", "ptq-static", "qat"}
     assert all(c["ok"] for c in checks.values()), [c["evidence"] for c in checks.values() if not c["ok"]]
     assert "integer matmul" in checks[("qat", "eager")]["evidence"]
-    report = seeds_report(cfg, {0: first.rows}, 16)
-    assert report["seeds"] == [0] and report["targets"][0]["verdict"] == "no verdict"
+    assert target_checks(first.rows, [first.rows], 16)[0]["verdict"] == "no verdict"
 
 
 def test_bench_runs_seeds_resumes_and_fails_on_a_float_fallback(tmp_path, monkeypatch, capsys):
@@ -80,8 +82,8 @@ def test_bench_runs_seeds_resumes_and_fails_on_a_float_fallback(tmp_path, monkey
     variant whose profile shows no integer matmul makes the run fail (exit 1, reason printed)."""
     import json
 
-    import labkit.experiments.qat_bert.pipeline as pipeline
-    from labkit.cli import main
+    import labkit.experiments.qat_bert.bench as bench
+    from labkit.bench import main
     from labkit.experiments.qat_bert.pipeline import QATBertResult
 
     calls = []
@@ -92,12 +94,12 @@ def test_bench_runs_seeds_resumes_and_fails_on_a_float_fallback(tmp_path, monkey
         rows[2].update(matmul_eager_ok=cfg.seed != 99, matmul_eager="stub evidence")
         return QATBertResult(config={"seed": cfg.seed, "n_eval_actual": 872}, rows=rows)
 
-    monkeypatch.setattr(pipeline, "run_qat_bert", fake_run)
+    monkeypatch.setattr(bench, "run_qat_bert", fake_run)
     out = tmp_path / "qat.json"
     base = ["qat", "--profile", "quick", "--out", str(out), "--no-compile"]
     assert main(base + ["--seeds", "0,1"]) == 0 and calls == [0, 1]
     seeds_recorded = [json.loads(x)["seed"] for x in out.with_suffix(".jsonl").read_text().splitlines()
-                      if json.loads(x)["kind"] == "seed"]
+                      if json.loads(x)["record"] == "seed"]
     assert seeds_recorded == [0, 1]
     assert main(base + ["--seeds", "0,1,2", "--resume"]) == 0 and calls == [0, 1, 2]  # only seed 2 ran again
     data = json.loads(out.read_text())

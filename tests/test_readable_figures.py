@@ -81,8 +81,18 @@ def test_tables_format_numbers_and_keep_text_short():
                        "int8_layers": 0, "ok": True}}
     shown = hy.checks_table(checks)
     assert shown.loc["base", "attention kernels"] == "cpu-flash x30 OK" and "attention" not in shown.columns
-    html = hy.targets_table([{"target": "a long target " * 5, "measured": "1.0 vs 2.0", "met": False}]).to_html()
+    html = hy.targets_table([{"target": "a long target " * 5, "measured": "1.0 vs 2.0", "verdict": "missed",
+                              "met": False}]).to_html()
     assert "MISSED" in html and "a long target " * 5 in html
+
+
+def test_targets_table_shows_each_verdict_as_judged():
+    """met is None for "within noise", "no verdict" and "not measured" alike: the table shows the verdict itself."""
+    verdicts = ("met", "missed", "within noise", "no verdict", "not measured")
+    targets = [{"target": f"t {v}", "measured": "x", "verdict": v, "met": {"met": True, "missed": False}.get(v)}
+               for v in verdicts]
+    shown = list(hy.targets_table(targets).data["verdict"])
+    assert shown == ["met", "MISSED", "within noise", "no verdict", "not measured"]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit.cli import main
+from labkit.bench import main
 from labkit.results import read_jsonl, reference_dir
 
 REFERENCES = sorted(reference_dir().glob("*.json"))
@@ -61,21 +61,22 @@ def _fake_qat_result():
 
 
 def test_qat_without_out_writes_a_run_folder_not_the_reference(in_tmp, monkeypatch):
-    import labkit.experiments.qat_bert.pipeline as pipeline
+    import labkit.experiments.qat_bert.bench as bench
 
     def fake(cfg, on_stage=None, **kw):
         on_stage("fine-tune FP32", 1.0)
         return _fake_qat_result()
 
-    monkeypatch.setattr(pipeline, "run_qat_bert", fake)
+    monkeypatch.setattr(bench, "run_qat_bert", fake)
     before = _snapshot()
     assert main(["qat", "--profile", "quick"]) == 0
     assert _snapshot() == before
     out = _only_run(in_tmp, "qat_bert")
     data = json.loads(out.read_text())
     assert data["status"] == "complete" and len(data["rows"]) == 5
-    kinds = [r["kind"] for r in read_jsonl(out.with_suffix(".jsonl"))]
-    assert kinds[0] == "stage" and kinds.count("variant") == 5 and kinds[-1] == "result"
+    kinds = [r["record"] for r in read_jsonl(out.with_suffix(".jsonl"))]
+    assert kinds[0] == "stage" and kinds.count("variant") == 5 and kinds[-1] == "seed"
+    assert [t["verdict"] for t in data["targets"]][-1] == "met"  # the targets, judged when the run ended
 
 
 def test_out_in_the_reference_folder_is_refused(in_tmp, capsys):
@@ -242,22 +243,22 @@ def test_hybrid_run_whose_every_variant_failed_exits_non_zero(in_tmp, monkeypatc
     (["attention", "--batch-size", "-2"], "argument --batch-size: -2 is not allowed"),
     (["attention", "--seq-lens", "0"], "argument --seq-lens: '0': every value must be at least 1"),
     (["attention", "--seq-lens", "abc"], "argument --seq-lens: 'abc' is not a comma-separated list"),
-    (["attention", "--backends", "fa3"], "--backends fa3: unknown backend 'fa3'"),
+    (["attention", "--backends", "fa3"], "argument --backends: 'fa3': unknown 'fa3'; choose from eager,sdpa"),
     (["hybrid", "--steps", "-3"], "argument --steps: -3 is not allowed"),
     (["hybrid", "--lr", "0"], "argument --lr: 0.0 is not allowed"),
     (["hybrid", "--layers", "no_such_layer"], "--layers 'no_such_layer' selects no Linear layer"),
     (["hybrid", "--layers", "mlp.(up"], "--layers 'mlp.(up' selects no Linear layer"),
     (["hybrid", "--prefill-lens", "100000"], "--allow-beyond-context"),
-    (["hybrid", "--variants", "base,int4"], "unknown variant 'int4'"),
+    (["hybrid", "--variants", "base,int4"], "argument --variants: 'base,int4': unknown 'int4'"),
     (["qat", "--n-train", "0"], "argument --n-train: 0 is not allowed"),
     (["qat", "--model", "no-such-bert"], "--model 'no-such-bert'"),
 ])
 def test_bad_arguments_are_refused_before_work_starts(argv, expected, in_tmp, capsys, monkeypatch):
     import labkit.experiments.hybrid.bench as bench
-    import labkit.experiments.qat_bert.pipeline as pipeline
+    import labkit.experiments.qat_bert.bench as qat_bench
 
     monkeypatch.setattr(bench, "load_causal_lm", lambda *a, **k: pytest.fail("a model was loaded"))
-    monkeypatch.setattr(pipeline, "run_qat_bert", lambda *a, **k: pytest.fail("the experiment started"))
+    monkeypatch.setattr(qat_bench, "run_qat_bert", lambda *a, **k: pytest.fail("the experiment started"))
     err = _usage_error(capsys, [argv[0], "--profile", "quick", *argv[1:]])
     assert expected in err
     assert not (in_tmp / "runs").exists()
@@ -309,14 +310,16 @@ def test_a_resume_that_measures_nothing_keeps_the_measuring_machines_provenance(
         run.record("row", {"x": 1})
     finished = {"provenance": {"device_name": "AMD EPYC", "cpu": "AMD EPYC", "threads": 2, "command": "second"}}
     with Run(finished, json_path, jsonl_path, resume=True) as run:
-        run.record("result", {"summary": "restated"})  # the summary row is not a measurement
+        assert run.once("row", lambda: pytest.fail("measured again"), x=1)["attempt"] == 1  # reused, not measured
     data = json.loads(json_path.read_text())
     assert data["provenance"]["device_name"] == "NVIDIA H100" and data["provenance"]["threads"] == 16
     assert data["provenance"]["finished_by"]["command"] == "second"
     assert [a["measurements"] for a in data["attempts"]] == [1, 0]
+    assert [r["attempt"] for r in read_jsonl(jsonl_path)] == [1]
     # a resume that does measure describes itself
     again = {"provenance": {"device_name": "AMD EPYC", "command": "third"}}
     with Run(again, json_path, jsonl_path, resume=True) as run:
         run.record("row", {"x": 2})
     data = json.loads(json_path.read_text())
     assert data["provenance"]["command"] == "third" and len(data["attempts"]) == 3
+    assert [r["attempt"] for r in read_jsonl(jsonl_path)] == [1, 3]  # each row says which attempt measured it

@@ -101,3 +101,15 @@ def test_ratio_verdict():
     assert v["verdict"] == "within noise" and v["met"] is None
     with pytest.raises(ValueError):
         ratio_verdict((0, 1, 2), (1, 2, 3), 0.5)
+
+
+def test_a_target_is_one_of_the_verdicts_and_met_follows_from_it():
+    from labkit.measure.stats import Target, verdict
+
+    t = Target.judged("x", "y", verdict([1.0, 1.1, 0.9], 0.5, at_least=True), seeds=3)
+    assert t.verdict == "met" and t.met is True and t["met"] is True and t["seeds"] == 3
+    assert t.as_dict()["value"] == pytest.approx(1.0) and t.as_dict()["limit"] == 0.5
+    assert [Target("x", "y", v).met for v in ("missed", "within noise", "no verdict")] == [False, None, None]
+    assert Target.not_measured("x")["verdict"] == "not measured" and Target.exact("x", "y", False).met is False
+    with pytest.raises(ValueError, match="verdict 'passed' of 'x': use one of met, missed"):
+        Target("x", "y", "passed")

@@ -97,7 +97,7 @@ def test_subprocess_failure_is_a_point(monkeypatch):
 
 def test_attention_command_quick_writes_a_result_file(tmp_path, monkeypatch):
     """The CLI's code path on a CPU, kept tiny: every row has the contract's fields."""
-    from labkit.cli import main
+    from labkit.bench import main
     from labkit.experiments.attention import SWEEP_ORDER
 
     monkeypatch.setattr(sweep_mod, "run_point_subprocess",
@@ -123,21 +123,21 @@ def _row(backend, n, ok=True, oom=False, latency=None, peak=None):
     return dict(backend=backend, seq_len=n, ok=ok, oom=oom, skipped=False, latency_ms=latency, peak_gib=peak)
 
 
-def test_check_targets_on_a_synthetic_result():
-    from labkit.experiments.attention import check_targets
+def test_targets_on_a_synthetic_result():
+    from labkit.experiments.attention import targets
 
     result = {"rows": [
         _row("eager", 8192, latency=1000, peak=30), _row("eager", 16384, ok=False, oom=True),
         _row("fa2", 8192, latency=200, peak=13.5), _row("fa2", 32768, latency=1500, peak=15),
         _row("sdpa", 32768, ok=False, oom=True),
     ], "kernels": {"plain_script_check": [dict(seq_len=4096, harness_tflops=330, plain_tflops=340, ratio=330 / 340)]}}
-    checks = {c["target"]: c["passed"] for c in check_targets(result)}
+    checks = {c["target"]: c["met"] for c in targets(result)}
     assert checks["eager runs out of memory at or before 16k tokens"] is True
     assert checks["at 8k, fa2 at least 4x faster than eager"] is True
     assert checks["at 8k, fa2 peak memory at most half of eager's"] is True
     assert checks["fa2 reaches 32k tokens"] is True and checks["sdpa reaches 32k tokens"] is False
     assert checks["kernel benchmark fa2 within 10% of a plain script"] is True
-    assert all(c["passed"] is None for c in check_targets({"rows": []}))
+    assert all(c["verdict"] == "not measured" for c in targets({"rows": []}))
 
 
 def test_load_reference_ignores_cpu_files_and_explains_absence(tmp_path):

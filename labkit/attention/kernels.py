@@ -4,7 +4,7 @@ FLOPs use the standard count of the FlashAttention papers: 4 * B * H * N^2 * D f
 multiply-adds per element), halved when causal. Inputs are [B, H, N, D] in bfloat16 (float32 on a CPU).
 The plain-script comparison runs `PLAIN_SCRIPT` (a dozen lines of torch, no labkit) in a fresh process: if the
 harness figure for fa2 is within a few percent of it, the harness adds no overhead.
-`python -m labkit.bench kernels` (labkit.experiments.kernels) writes kernels_<device>.json.
+`python -m labkit.bench kernels` (labkit.experiments.kernels) runs them into a run folder.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import torch
 
 from labkit.attention.backends import BACKENDS, unavailable_reason
 from labkit.measure.memory import error_text, is_memory_error, release_memory
-from labkit.measure.stats import non_monotone
 from labkit.measure.timing import time_callable
 
 # kernel-level backends: the model-level names, plus SDPA's memory-efficient kernel for reference
@@ -49,10 +48,12 @@ print(ms, 4 * B * H * N * N * D / 2 / (ms * 1e-3) / 1e12)
 '''
 
 
-def attention_flops(batch: int, heads: int, seq_len: int, head_dim: int, causal: bool = True) -> float:
-    """4 * B * H * N^2 * D, halved for causal attention (the FlashAttention papers' convention)."""
-    flops = 4.0 * batch * heads * seq_len * seq_len * head_dim
-    return flops / 2 if causal else flops
+def attention_flops(batch: int, heads: int, seq_len: int, head_dim: int, causal: bool = True,
+                    backward: bool = False) -> float:
+    """4 * B * H * N^2 * D, halved for causal attention; the backward 2.5 times the forward (the FlashAttention
+    papers' convention)."""
+    flops = 4.0 * batch * heads * seq_len * seq_len * head_dim * (0.5 if causal else 1.0)
+    return flops * 2.5 if backward else flops
 
 
 def kernel_unavailable_reason(backend: str, device: torch.device | str, dtype: torch.dtype) -> str | None:
@@ -78,7 +79,8 @@ def kernel_context(backend: str):
 
 def kernel_callable(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     causal: bool = True, force: bool = True) -> Callable[[], torch.Tensor]:
-    """A zero-argument call running attention on [B, H, N, D] tensors with `backend`. With `force`, each call
+    """A zero-argument call running attention on [B, H, N, D] tensors (k, v may have fewer heads) with `backend`.
+    With `force`, each call
     enters the forcing context itself; without, the caller holds `kernel_context(backend)` around the calls
     (as the benchmark does, like the plain script, so no per-call Python work is timed)."""
     import torch.nn.functional as F
@@ -104,12 +106,13 @@ def kernel_callable(backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
         from labkit.attention.triton_fa2_backend import triton_flash_attention
 
         return lambda: triton_flash_attention(q, k, v, causal)
+    gqa = q.shape[1] != k.shape[1]  # grouped-query attention: fewer key/value heads
     if backend == "sdpa" or not force:
-        return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
 
     def forced():
         with kernel_context(backend):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
 
     return forced
 
@@ -213,37 +216,3 @@ def harness_check(seq_lens: Iterable[int], batch: int = 1, heads: int = 32, head
                          harness_tflops=harness["tflops"], plain_tflops=plain["tflops"], ratio=ratio,
                          error=plain["error"] or harness["error"]))
     return rows
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# `python -m labkit.bench kernels`
-
-KERNEL_PROFILES = {
-    # llama-2-7b's attention: 32 heads of 128, batch 1
-    "full": dict(batch=1, heads=32, head_dim=128, seq_lens=[512, 1024, 2048, 4096, 8192, 16384, 32768],
-                 check_seq_lens=[4096, 16384]),
-    "quick": dict(batch=1, heads=4, head_dim=32, seq_lens=[128, 256, 512], check_seq_lens=[512]),
-}
-
-
-def kernel_benchmark(profile: str, device: torch.device | str | None = None, backends: list[str] | None = None,
-                     progress: bool = True, on_row: Callable[[dict], None] | None = None,
-                     previous: Iterable[dict] = ()) -> dict:
-    """The kernel benchmark of a profile: config, rows and the plain-script check (`on_row`, `previous`: as
-    `kernel_sweep`)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cfg = dict(KERNEL_PROFILES[profile])
-    check = cfg.pop("check_seq_lens")
-    seq_lens = cfg.pop("seq_lens")
-    backends = backends or ["fa2", "triton-fa2", "sdpa", "cudnn", "flash-attn", "efficient", "eager"]
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    rows = kernel_sweep(backends, seq_lens, dtype=dtype, device=device, progress=progress, causal=True,
-                        on_row=on_row, previous=previous, **cfg)
-    plain = harness_check(check, **cfg) if device.type == "cuda" else [
-        dict(seq_len=n, harness_tflops=None, plain_tflops=None, ratio=None,
-             error="unavailable: the plain-script check times FA2's CUDA kernel and needs an NVIDIA GPU")
-        for n in check]
-    return {"config": {**cfg, "seq_lens": seq_lens, "causal": True, "dtype": str(dtype).removeprefix("torch."),
-                       "flops": "4*B*H*N^2*D, halved for causal"},
-            "rows": rows, "plain_script_check": plain, "plain_script": PLAIN_SCRIPT.strip(),
-            "non_monotone": non_monotone(rows, y="ms")}

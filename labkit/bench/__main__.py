@@ -1,8 +1,7 @@
-"""`python -m labkit.bench ...` (and the `labkit-bench` script): the benchmark command line, labkit.cli."""
+"""`python -m labkit.bench ...`: the benchmark command line (labkit.bench.main)."""
 
 import sys
 
-from labkit.cli import main
+from labkit.bench import main
 
-if __name__ == "__main__":
-    sys.exit(main())
+sys.exit(main())

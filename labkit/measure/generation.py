@@ -1,15 +1,6 @@
 """Measuring generation honestly: compiled prefill, static-cache decode (compiled, CUDA graphs), kernel names.
-
-Every timing here comes back as a dict with p10/p50/p90 (milliseconds or tokens/s) and the repeat count, and
-compile time is recorded apart from run time: the first call of a compiled function pays for tracing, code
-generation and (for mode="reduce-overhead") CUDA-graph recording; steady state is what a server sees.
-
-    time_cuda(fn)                      CUDA-event latency of fn(), warm-up first, repeats bounded by a time budget
-    time_cuda_graph(fn)                the same work captured once in a CUDA graph and replayed (no launch gaps)
-    compiled_prefill(model, n)         one forward of n tokens, eager or torch.compile'd, compile time apart
-    static_cache_decode(model, ...)    greedy decode with transformers' StaticCache, eager or compiled
-    cuda_kernels(fn)                   names and times of the CUDA kernels fn() launched (torch.profiler)
-    classify_kernel(name)              "labkit-int8" / "int8-gemm" / "int8-fused" / "fp8-gemm" / "float-gemm" / ...
+Every timing is a dict with p10/p50/p90 (ms or tok/s) and the repeat count; compile time (the first call: tracing,
+code generation, CUDA-graph recording) is recorded apart from the steady state a server sees.
 """
 
 from __future__ import annotations
@@ -21,14 +12,16 @@ from collections.abc import Callable
 
 import torch
 
+from labkit.measure.prefill import random_input_ids
+from labkit.measure.timing import p10_p90, time_callable
+
 
 def quantiles(values: list[float], unit: str = "ms") -> dict:
-    """p10/p50/p90 (inclusive method, so 3 repeats work) and the repeat count of `values`."""
+    """p10/p50/p90 (the lab's one quantile method, labkit.measure.timing.p10_p90) and the repeat count."""
     if not values:
         raise ValueError("no values to summarise")
-    q = statistics.quantiles(values, n=10, method="inclusive") if len(values) >= 2 else [values[0]] * 9
-    return {f"p10_{unit}": q[0], f"p50_{unit}": statistics.median(values), f"p90_{unit}": q[-1],
-            "repeats": len(values)}
+    p10, p90 = p10_p90(values)
+    return {f"p10_{unit}": p10, f"p50_{unit}": statistics.median(values), f"p90_{unit}": p90, "repeats": len(values)}
 
 
 def _sync() -> None:
@@ -59,24 +52,11 @@ class _Stopwatch:
             self.seconds = time.perf_counter() - self.t0
 
 
-def time_cuda(fn: Callable[[], object], *, warmup: int = 3, repeat: int = 30, budget_s: float = 3.0,
-              min_repeat: int = 3) -> dict:
-    """Latency of `fn()` with CUDA events, one event pair per call (a CPU clock where there is no GPU). After `warmup` calls, the repeat count is
-    cut so the timed calls take about `budget_s` (never fewer than `min_repeat`): slow variants stay affordable."""
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        for _ in range(max(warmup, 1)):
-            fn()
-        _sync()
-        per_call = (time.perf_counter() - t0) / max(warmup, 1)
-        n = max(min_repeat, min(repeat, int(budget_s / max(per_call, 1e-6))))
-        times = []
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        for _ in range(n):
-            with _Stopwatch(device) as watch:
-                fn()
-            times.append(watch.seconds * 1e3)
-    return quantiles(times)
+def time_cuda(fn: Callable[[], object], *, warmup: int = 3, repeat: int = 30, budget_s: float = 3.0) -> dict:
+    """Latency quantiles of `fn()` with CUDA events, one event pair per call (a CPU clock where there is no GPU),
+    repeats cut so the timed calls take about `budget_s` (never fewer than 3): slow variants stay affordable."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return time_callable(fn, device=device, warmup=max(warmup, 1), repeat=repeat, budget_s=budget_s).quantiles()
 
 
 def time_cuda_graph(fn: Callable[[], object], *, calls: int = 20, repeat: int = 20, warmup: int = 3) -> dict:
@@ -122,12 +102,6 @@ def first_call_s(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def random_ids(model: torch.nn.Module, n: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, model.config.vocab_size, (batch, n), generator=gen)
-    return ids.to(next(model.parameters()).device)
-
-
 def compile_regions(model: torch.nn.Module, **compile_kwargs) -> torch.nn.Module:
     """torch.compile each decoder layer on its own ("regional compilation"): the layers are identical, so one
     compilation serves all of them and compile time drops ~N-layers-fold; the fused kernels are the same."""
@@ -145,7 +119,7 @@ def compiled_prefill(model: torch.nn.Module, seq_len: int, *, compiled: bool, bu
 
     compiled=True compiles the decoder layers region by region first (`compile_regions`); `compile_s` is the
     first call's wall time minus one steady-state call."""
-    ids = random_ids(model, seq_len, seed=seed)
+    ids = random_input_ids(model, seq_len, seed=seed)
     if compiled:
         compile_regions(model)
 
@@ -175,7 +149,7 @@ def static_cache_decode(model: torch.nn.Module, prompt_len: int = 128, new_token
     from transformers import StaticCache
 
     device = next(model.parameters()).device
-    ids = random_ids(model, prompt_len, seed=seed)
+    ids = random_input_ids(model, prompt_len, seed=seed)
     cache = StaticCache(config=model.config, max_cache_len=prompt_len + new_tokens)
     positions = torch.arange(prompt_len + new_tokens, device=device)
 
@@ -310,7 +284,6 @@ __all__ = [
     "first_call_s",
     "kernel_families",
     "quantiles",
-    "random_ids",
     "static_cache_decode",
     "time_cuda",
     "time_cuda_graph",

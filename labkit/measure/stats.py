@@ -8,18 +8,67 @@ one sentence is 0.11 accuracy points and the binomial standard error near 87% is
     otherwise                           "met" or "missed", by the side of the limit the mean is on
 
 `values` are per-seed numbers of the quantity the target is about (e.g. QAT accuracy minus FP32 accuracy of the
-same seed, in points); `at_least` says which side of `limit` meets it.
+same seed, in points); `at_least` says which side of `limit` meets it. Every experiment states its claims as
+`Target`s: one of these verdicts (or "not measured"), from which `met` (True / False / None) follows.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 
-VERDICTS = ("met", "missed", "within noise", "no verdict")
+VERDICTS = ("met", "missed", "within noise", "no verdict", "not measured")
 MIN_SEEDS = 3
+
+
+@dataclass(frozen=True)
+class Target:
+    """One claim of an experiment, judged from measured numbers. `verdict` is one of VERDICTS; `met` follows from
+    it (True for met, False for missed, None otherwise). `detail`: what else the judgement rests on (seeds, sd ...).
+    Reads like the dict it writes (`t["verdict"]`), so result files and Targets are shown by the same code."""
+
+    target: str
+    measured: str
+    verdict: str
+    value: float | None = None
+    limit: float | None = None
+    detail: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict {self.verdict!r} of {self.target!r}: use one of {', '.join(VERDICTS)}")
+
+    @classmethod
+    def judged(cls, target: str, measured: str, v: dict, **detail) -> Target:
+        """From a `verdict` or `ratio_verdict` result (its verdict, value and limit)."""
+        return cls(target, measured, v["verdict"], v.get("mean", v.get("ratio")), v.get("limit"), detail)
+
+    @classmethod
+    def exact(cls, target: str, measured: str, ok: bool, value: float | None = None, limit: float | None = None,
+              **detail) -> Target:
+        """An exact quantity (bytes, a count, a pass/fail check): met or missed, no noise to weigh."""
+        return cls(target, measured, "met" if ok else "missed", value, limit, detail)
+
+    @classmethod
+    def not_measured(cls, target: str, measured: str = "not measured in this run", **detail) -> Target:
+        return cls(target, measured, "not measured", detail=detail)
+
+    @property
+    def met(self) -> bool | None:
+        return {"met": True, "missed": False}.get(self.verdict)
+
+    def as_dict(self) -> dict:
+        out = {"target": self.target, "measured": self.measured, "verdict": self.verdict, "met": self.met}
+        out.update({k: v for k, v in (("value", self.value), ("limit", self.limit)) if v is not None})
+        return {**out, **self.detail}
+
+    def __getitem__(self, key: str):
+        return self.as_dict()[key]
+
+    def get(self, key: str, default=None):
+        return self.as_dict().get(key, default)
 
 
 @dataclass(frozen=True)
@@ -128,16 +177,18 @@ def per_seed(runs: Sequence[Sequence[dict]], variant: str, key: str, *, by: str 
 
 
 def paired_differences(runs: Sequence[Sequence[dict]], a: str, b: str, key: str, *, scale: float = 1.0,
-                       by: str = "variant") -> list[float]:
-    """scale * (a - b) of `key` within each run where both variants have it: the per-seed differences a verdict
-    needs (pairing by seed removes what the two share, e.g. the same fine-tuned start and data order)."""
+                       by: str = "variant", fn: Callable[[float, float], float] | None = None) -> list[float]:
+    """scale * (a - b) of `key` (or `fn(a, b)`, e.g. a relative gap) within each run where both variants have it:
+    the per-seed differences a verdict needs (pairing by seed removes what the two share, e.g. the same fine-tuned
+    start and data order)."""
     out = []
     for rows in runs:
         ra = next((r for r in rows if r.get(by) == a), None)
         rb = next((r for r in rows if r.get(by) == b), None)
         if ra is not None and rb is not None and isinstance(ra.get(key), (int, float)) \
                 and isinstance(rb.get(key), (int, float)):
-            out.append(scale * (float(ra[key]) - float(rb[key])))
+            x, y = float(ra[key]), float(rb[key])
+            out.append(fn(x, y) if fn is not None else scale * (x - y))
     return out
 
 
@@ -175,5 +226,5 @@ def ratio_verdict(a: tuple[float, float, float], b: tuple[float, float, float], 
             "ratio_high": high, "limit": limit}
 
 
-__all__ = ["MIN_SEEDS", "VERDICTS", "Spread", "binomial_se", "format_spread", "non_monotone", "paired_differences", "per_seed", "ratio_verdict",
-           "seed_summary", "spread", "verdict", "verdict_text"]
+__all__ = ["MIN_SEEDS", "VERDICTS", "Spread", "Target", "binomial_se", "format_spread", "non_monotone",
+           "paired_differences", "per_seed", "ratio_verdict", "seed_summary", "spread", "verdict", "verdict_text"]

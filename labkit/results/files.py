@@ -1,4 +1,4 @@
-"""Result files: atomic JSON, appended JSONL (one finished measurement a line), where a result file goes."""
+"""Result files: atomic JSON, appended JSONL (one finished measurement a line), device slugs, the command line."""
 
 from __future__ import annotations
 
@@ -26,15 +26,13 @@ def device_slug(device: torch.device | str | None = None) -> str:
     return match.group(0) if match else "gpu"
 
 
-def default_out(experiment: str, device: torch.device | str | None = None) -> Path:
-    """data/reference/<experiment>_<device slug>.json (relative to the working directory, the repo root)."""
-    return REFERENCE_DIR / f"{experiment}_{device_slug(device)}.json"
-
-
 def command_line(argv: list[str] | None = None) -> str | None:
-    """`python -m labkit.bench <args>` as typed (None when there are no arguments to show)."""
+    """`python -m labkit.bench <args>` as typed, or `torchrun --nproc-per-node N -m labkit.bench <args>` in a job
+    torchrun started (None when there are no arguments to show)."""
     argv = sys.argv[1:] if argv is None else argv
-    return "python -m labkit.bench " + " ".join(shlex.quote(a) for a in argv) if argv else None
+    launcher = (f"torchrun --nproc-per-node {os.environ['WORLD_SIZE']}" if "TORCHELASTIC_RUN_ID" in os.environ
+                and "WORLD_SIZE" in os.environ else "python")
+    return f"{launcher} -m labkit.bench " + " ".join(shlex.quote(a) for a in argv) if argv else None
 
 
 def write_json(path: str | Path, data: dict) -> None:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from labkit.results.files import REFERENCE_DIR
 
-COMMANDS = {"qat_bert": "qat"}  # experiment -> its `python -m labkit.bench` name, where they differ
+# experiment -> its `python -m labkit.bench` name, where they differ
+COMMANDS = {"qat_bert": "qat", "deploy_bert": "deploy", "triton_fa2": "triton-fa2", "hybrid_qat_fsdp": "hybrid-qat"}
 
 
 def reference_dir() -> Path:
@@ -39,23 +40,6 @@ def is_reference(data: dict) -> tuple[bool, str]:
     if status != "complete":
         return False, f"status is {status!r}, not 'complete'"
     return True, ""
-
-
-def upgrade_rows(data: dict) -> dict:
-    """Bring an older result file's rows to today's structure, in place (reading only; the file is unchanged).
-
-    Hybrid rows once spelled each prefill length into their keys (`prefill_ms_2048`, `peak_gib_2048`, ...); today
-    a row has `prefill`: one entry per length."""
-    for row in data.get("rows", []) if data.get("experiment") == "hybrid" else []:
-        if "prefill" in row or "variant" not in row:
-            continue
-        lengths = sorted(int(k.removeprefix("prefill_ms_")) for k in list(row) if k.startswith("prefill_ms_"))
-        kind = row.pop("memory_kind", None)
-        row["prefill"] = [{"seq_len": n, "latency_ms": row.pop(f"prefill_ms_{n}"),
-                           "peak_gib": row.pop(f"peak_gib_{n}", None), "oom": row.pop(f"oom_{n}", False),
-                           "activation_gib": row.pop(f"activation_gib_{n}", None), "memory_kind": kind,
-                           "error": row.pop(f"error_{n}", None)} for n in lengths]
-    return data
 
 
 def reference_devices(experiment: str, directory: str | Path | None = None) -> list[str]:
@@ -87,10 +71,6 @@ def load_reference(experiment: str, device: str | None = None, *, gpu_only: bool
             return None, (f"{path} could not be read ({err}); regenerate it with "
                           f"`python -m labkit.bench {COMMANDS.get(experiment, experiment)} --profile full "
                           "--update-reference`")
-        if data.get("status") == "done":
-            # legacy spelling: triton_fa2_<gpu>.json files written before triton-fa2 ran on labkit.results.run
-            # said "done" for a finished run; read as "complete" here, and only here (the files stay as committed)
-            data["status"] = "complete"
         if gpu_only and data.get("provenance", {}).get("device") != "cuda":
             continue
         ok, why = is_reference(data)
@@ -98,7 +78,6 @@ def load_reference(experiment: str, device: str | None = None, *, gpu_only: bool
             skipped.append(f"{path.name} ({why})")
             continue
         data["path"] = str(path)
-        upgrade_rows(data)
         found.append((data.get("provenance", {}).get("date", ""), path, data))
     if not found:
         where = f"`{experiment}_{device or '*'}.json`" + (" from a GPU" if gpu_only else "")

@@ -1,12 +1,13 @@
 """A benchmark run's files, and the rules that keep committed references safe.
 
     runs/<experiment>_<device>_<UTC time>/result.json     the summary: provenance, config, rows, status
-    runs/<experiment>_<device>_<UTC time>/result.jsonl    every finished measurement, appended as it happens
+    runs/<experiment>_<device>_<UTC time>/result.jsonl    every finished measurement, appended as it happens:
+                                                          {"record": what it is, **the row, "attempt": k}
 
 A run never writes into the committed reference folder (data/reference/): `--update-reference` copies a
 complete full-profile run there at the end, and nothing else does. The summary's `status` is `running` until
-the end, then `complete`, `failed` (with the reason) or `interrupted` (Ctrl-C); `--resume` continues an
-interrupted or failed run from its JSONL, skipping what it already measured.
+the end, then `complete`, `failed` (with the reason) or `interrupted` (Ctrl-C, SIGTERM); `--resume` continues an
+interrupted or failed run from its JSONL, skipping what it already measured. `python -m labkit.bench` drives it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from labkit.measure.memory import error_text
@@ -35,8 +37,8 @@ def _utc_stamp() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
-def _is_reference_folder(folder: Path) -> bool:
-    folder = folder.resolve()
+def is_reference_folder(folder: Path) -> bool:
+    folder = Path(folder).resolve()
     return any(folder == d.resolve() for d in (reference_dir(), Path.cwd() / REFERENCE_DIR))
 
 
@@ -62,7 +64,7 @@ def run_paths(experiment: str, device_slug: str, out: str | Path | None = None, 
         json_path = Path(out)
         if json_path.is_dir() or str(out).endswith(("/", "\\")) or not json_path.suffix:
             json_path = json_path / "result.json"
-    if _is_reference_folder(json_path.parent):
+    if is_reference_folder(json_path.parent):
         raise RunSetupError(
             f"--out {out}: that is the committed reference folder, and benchmarks never write over a reference. "
             "Leave --out out (the run gets its own folder under runs/), and add --update-reference to copy a "
@@ -77,12 +79,9 @@ def run_paths(experiment: str, device_slug: str, out: str | Path | None = None, 
     return json_path, jsonl_path
 
 
-SUMMARY_KINDS = ("result",)  # rows that restate the summary: not measurements
-
-
 def _earlier_attempts(json_path: Path) -> list[dict]:
-    """The attempts an earlier run of this result file recorded, each with the provenance it ran under; a file
-    from before attempts were kept counts as one attempt that measured."""
+    """The attempts an earlier run of this result file recorded, each with the provenance it ran under; a run
+    killed before it could write its attempts counts as one attempt that measured."""
     try:
         old = json.loads(Path(json_path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -97,18 +96,31 @@ def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _line(kind: str, row: dict) -> str:
+    """One console line for a finished measurement: its scalar fields, numbers to 4 significant digits."""
+    def show(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)[:60]
+    fields = [f"{k}={show(v)}" for k, v in row.items() if isinstance(v, (str, int, float, bool)) and v is not None
+              and k not in ("attempt", "traceback")]
+    return f"  {kind}: " + " ".join(fields)[:200]
+
+
 class Run:
     """One benchmark run: `record` appends a finished measurement to the JSONL and rewrites the summary;
     `fail` notes a reason the run did not do what was asked; leaving the `with` block writes the final status.
 
-    Inside `with Run(...) as run:`, Ctrl-C ends the run as `interrupted` and any other exception as `failed`
-    (both recorded in the file, neither re-raised), so the caller reads the outcome from `run.status`."""
+    Inside `with Run(...) as run:`, Ctrl-C (or SIGTERM, a time limit) ends the run as `interrupted` and any other
+    exception as `failed` (both recorded in the file, neither re-raised), so the caller reads the outcome from
+    `run.status`. `summarize(result)` fills the summary's judged parts (targets) when the run ends, whatever ends
+    it. Without paths (a process of a multi-process job that is not rank 0) nothing is written."""
 
-    def __init__(self, result: dict, json_path: Path, jsonl_path: Path, *, resume: bool = False):
-        self.json_path, self.jsonl_path = Path(json_path), Path(jsonl_path)
-        self.previous = read_jsonl(self.jsonl_path) if resume else []
+    def __init__(self, result: dict, json_path: Path | None, jsonl_path: Path | None, *, resume: bool = False,
+                 summarize: Callable[[dict], None] | None = None, quiet: bool = False):
+        self.json_path = Path(json_path) if json_path else None
+        self.jsonl_path = Path(jsonl_path) if jsonl_path else None
+        self.previous = read_jsonl(self.jsonl_path) if resume and self.jsonl_path else []
         self.failures: list[str] = []
-        self.result = result
+        self.result, self.summarize, self.quiet = result, summarize, quiet or self.json_path is None
         result.update(status="running", reason=None,
                       files={"result": str(self.json_path), "measurements": str(self.jsonl_path)})
         if resume:
@@ -116,26 +128,43 @@ class Run:
         # every attempt of the run (first run, each --resume) with what it measured; the summary's provenance
         # must describe the machine that made the numbers, not one that only resumed and published them
         self.measured = 0
-        self.earlier_attempts = _earlier_attempts(self.json_path) if resume else []
+        self.earlier_attempts = _earlier_attempts(self.json_path) if resume and self.json_path else []
+        self.attempt = len(self.earlier_attempts) + 1
 
     # -- measurements -------------------------------------------------------------------------------------------
 
     def recorded(self, kind: str) -> list[dict]:
         """The measurements of `kind` an earlier attempt of this run left in its JSONL (empty unless --resume)."""
-        return [{k: v for k, v in r.items() if k != "kind"} for r in self.previous if r.get("kind") == kind]
+        return [{k: v for k, v in r.items() if k != "record"} for r in self.previous if r.get("record") == kind]
 
-    def record(self, kind: str, row: dict) -> None:
-        """Append one finished measurement to the JSONL (flushed to disk), then rewrite the summary."""
-        append_jsonl(self.jsonl_path, {"kind": kind, **row})
-        self.measured += kind not in SUMMARY_KINDS
+    def record(self, kind: str, row: dict, quiet: bool = False) -> dict:
+        """Append one finished measurement to the JSONL as {"record": kind, **row, "attempt": the attempt that made
+        it}, flushed to disk; rewrite the summary; return the row as stored (without "record")."""
+        row = {**row, "attempt": row.get("attempt", self.attempt)}
+        if self.jsonl_path is not None:
+            append_jsonl(self.jsonl_path, {"record": kind, **row})
+        self.measured += 1
         self.save()
+        if not (quiet or self.quiet):
+            print(_line(kind, row), flush=True)
+        return row
+
+    def once(self, kind: str, measure: Callable[[], dict], **key) -> dict:
+        """The `kind` row with `key` an earlier attempt recorded; else `measure()` (with `key`), recorded now."""
+        for row in self.recorded(kind):
+            if all(row.get(k) == v for k, v in key.items()):
+                return row
+        return self.record(kind, {**key, **measure()})
 
     def save(self) -> None:
-        write_json(self.json_path, self.result)
+        if self.json_path is not None:
+            write_json(self.json_path, self.result)
 
     def fail(self, reason: str) -> None:
         """The run goes on, but will end `failed` with this reason."""
         self.failures.append(reason)
+        if not self.quiet:
+            print(f"FAILED: {reason}", flush=True)
 
     # -- the outcome --------------------------------------------------------------------------------------------
 
@@ -148,6 +177,11 @@ class Run:
         return EXIT_CODES.get(self.status, 1)
 
     def finish(self, status: str | None = None, reason: str | None = None) -> None:
+        if self.summarize is not None:
+            try:
+                self.summarize(self.result)
+            except Exception as err:  # noqa: BLE001 - a run whose targets cannot be judged did not do what was asked
+                self.failures.append(f"judging the targets: {error_text(err)}")
         status = status or ("failed" if self.failures else "complete")
         self.result["status"] = status
         self.result["reason"] = reason or ("; ".join(self.failures) if self.failures else None)
@@ -190,37 +224,20 @@ class Run:
             self.finish("failed", error_text(exc))
         else:
             return False
-        print(f"{self.status}: {self.json_path}" + (f" ({self.result['reason']})" if self.result["reason"] else ""),
-              flush=True)
+        if self.json_path is not None:
+            print(f"{self.status}: {self.json_path}" + (f" ({self.result['reason']})" if self.result["reason"]
+                                                        else ""), flush=True)
         return True
 
 
-def update_reference(run: Run, reference: Path) -> Path:
-    """Copy a complete full-profile run's summary to the committed reference file `reference`; refused (the
-    reference untouched) for any other run."""
+def publish(run: Run, reference: Path) -> Path | None:
+    """Copy a complete full-profile run's summary to the committed reference file `reference` (--update-reference);
+    any other run leaves the reference as it was (None)."""
     ok, why = is_reference(run.result)
-    if not ok:
-        raise RunSetupError(f"--update-reference: {reference} was not replaced: this run's {why}")
-    data = {k: v for k, v in run.result.items() if k not in ("files", "resumed")}
-    write_json(reference, data)
+    if run.status != "complete" or not ok:
+        print(f"--update-reference: {reference} left as it was: the run is {run.status}"
+              + ("" if ok else f" and its {why}"), flush=True)
+        return None
+    write_json(reference, {k: v for k, v in run.result.items() if k not in ("files", "resumed")})
+    print(f"updated the reference {reference}", flush=True)
     return reference
-
-
-def check_run_options(args, experiment: str, device_slug: str, profile: str) -> None:
-    """The options every benchmark shares (--out, --resume, --update-reference), checked before any work:
-    sets `args.paths` to the run's (JSON, JSONL)."""
-    if getattr(args, "update_reference", False) and profile != "full":
-        raise RunSetupError(f"--update-reference with --profile {profile}: only a complete full-profile run can "
-                            "replace a committed reference; run with --profile full, or leave --update-reference out")
-    args.paths = run_paths(experiment, device_slug, getattr(args, "out", None), resume=getattr(args, "resume", False))
-
-
-def publish(run: Run, args, experiment: str, device_slug: str) -> None:
-    """After the run: with --update-reference, copy a complete run to data/reference/<experiment>_<device>.json."""
-    if not getattr(args, "update_reference", False):
-        return
-    target = REFERENCE_DIR / f"{experiment}_{device_slug}.json"
-    if run.status != "complete":
-        print(f"--update-reference: {target} left as it was: the run is {run.status}", flush=True)
-        return
-    print(f"updated the reference {update_reference(run, target)}", flush=True)

@@ -35,8 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-FEED_FORWARD = r"\.mlp\.(gate|up|down)_proj$"
-"""The hybrid's selection (notebook 03): the feed-forward Linear layers of every decoder block."""
+from labkit.quant.selection import FEED_FORWARD
 
 META_INIT_PARAMS = 1_000_000_000
 """Random-weight shapes above this size are created on the meta device and initialised shard by shard."""

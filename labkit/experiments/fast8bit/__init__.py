@@ -1,30 +1,70 @@
-"""Making 8-bit fast on the GPU: INT8 and FP8 feed-forward layers against bf16, eager and compiled (notebook 03b).
+"""Making 8-bit fast on the GPU (notebook 03b): the committed fast8bit result read as tables, and its targets.
 
-Four parts (`--parts`, all by default; GPU only):
-  kernel   labkit's INT8 Triton kernel alone on the Llama-2-7B feed-forward shapes: launch-configuration sweep,
-           correctness against an fp64 reference, latency and achieved memory bandwidth against bf16 cuBLAS and
-           against a measured device-to-device copy;
-  block    one feed-forward block (gate/up 4096->11008, down 11008->4096, SiLU) at M = 1 ... 8192 tokens: bf16,
-           torchao INT8 weight-only, torchao INT8 dynamic (w8a8), labkit INT8, FP8 row-wise; eager and compiled;
-           the CUDA kernels each one ran (an INT8 variant that ran no integer/labkit kernel fails its check);
-  decode   llama-2-7b shape, random weights: greedy decode, batch 1, static KV cache, 128-token prompt, 136 new
-           tokens, eager and compiled (CUDA graphs): bf16 against INT8 feed-forward on labkit's kernel;
-  prefill  the same shape at 8k tokens, eager and compiled: bf16, FP8 row-wise FF, INT8 w8a8 FF, FP8 all linear,
-           labkit INT8 FF.
-One command runs them all into a run folder, runs/fast8bit_<gpu>_<time>/ (labkit.results.run): every measurement
-is appended to result.jsonl as it is made and result.json is rewritten; failures and out-of-memory are data
-points. When a run is cut short (Ctrl-C, a time limit), the same command with `--resume --out <run folder>` makes
-only the measurements its JSONL lacks. `--update-reference` copies a complete full-profile run to
-data/reference/fast8bit_<gpu>.json. Exit status 0 complete, 1 failed (a part could not run at all), 2 bad
-arguments (checked before any work), 130 interrupted.
+    ref = labkit.results.load_reference("fast8bit", "h100")[0]     the committed run (a complete full-profile one)
+    block_table(ref), kernel_table(ref), e2e_table(ref)             its block, kernel and end-to-end measurements
+    targets(ref)                                                    its targets judged by today's rules
+`python -m labkit.bench fast8bit` measures them (labkit.experiments.fast8bit.bench).
 """
 
-from labkit.experiments.fast8bit.block import kernel_check
-from labkit.experiments.fast8bit.common import BLOCK_VARIANTS, FEED_FORWARD
-from labkit.experiments.fast8bit.driver import run
-from labkit.experiments.fast8bit.options import _check_args, add_arguments, check  # noqa: F401 - _check_args: tests
-from labkit.experiments.fast8bit.tables import block_table, e2e_table, kernel_table, load_reference
-from labkit.experiments.fast8bit.targets import evaluate_targets
+from __future__ import annotations
 
-__all__ = ["BLOCK_VARIANTS", "FEED_FORWARD", "add_arguments", "block_table", "check", "e2e_table", "evaluate_targets",
-           "kernel_check", "kernel_table", "load_reference", "run"]
+from labkit.experiments.fast8bit.bench import BLOCK_VARIANTS, kernel_check, targets
+from labkit.quant.selection import FEED_FORWARD
+
+__all__ = ["BLOCK_VARIANTS", "FEED_FORWARD", "block_table", "e2e_table", "kernel_check", "kernel_table", "targets"]
+
+
+def block_table(result: dict, value: str = "p50_ms"):
+    """Block part as a table: one row per (variant, eager/compiled), one column per M; failures show their reason."""
+    import pandas as pd
+
+    rows = []
+    for r in result["rows"]:
+        if r.get("part") != "block" or "m" not in r:
+            continue
+        cell = r.get(value) if r.get("ok") else ("OOM" if r.get("oom") else "failed")
+        rows.append({"variant": r["variant"], "mode": "compiled" if r["compiled"] else "eager", "M": r["m"],
+                     value: cell})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    return table.pivot_table(index=["variant", "mode"], columns="M", values=value, aggfunc="first", sort=False)
+
+
+def kernel_table(result: dict):
+    """Kernel part: labkit's kernel against bf16 cuBLAS per shape and M (device times from CUDA-graph replay)."""
+    import pandas as pd
+
+    rows = []
+    for r in result["rows"]:
+        if r.get("part") == "kernel" and r.get("kind") == "kernel":
+            rows.append({"shape (K->N)": f"{r['k']}->{r['n']}", "M": r["m"],
+                         "labkit us": r["labkit_graph"]["p50_ms"] * 1e3, "bf16 cuBLAS us": r["bf16_graph"]["p50_ms"] * 1e3,
+                         "speed-up": r["speedup_vs_bf16_graph"], "labkit TB/s": r["labkit_tb_s"],
+                         "share of copy bandwidth": r["labkit_frac_of_copy"],
+                         "labkit us (launched from Python)": r["labkit_eager"]["p50_ms"] * 1e3,
+                         "bf16 us (launched from Python)": r["bf16_eager"]["p50_ms"] * 1e3, "rel. error": r["rel_err"]})
+    return pd.DataFrame(rows)
+
+
+def e2e_table(result: dict):
+    """Decode and prefill rows of the 7B shape: variant, eager/compiled, p10/p50/p90, compile seconds, kernel check."""
+    import pandas as pd
+
+    rows = []
+    for r in result["rows"]:
+        if r.get("part") not in ("decode", "prefill"):
+            continue
+        row = {"part": r["part"], "variant": r["variant"], "mode": "compiled" if r.get("compiled") else "eager"}
+        if not r.get("ok"):
+            row["note"] = r.get("skipped") or r.get("error")
+        elif r["part"] == "decode":
+            row.update({"p10": r["p10_tok_s"], "p50": r["p50_tok_s"], "p90": r["p90_tok_s"], "unit": "tok/s",
+                        "repeats": r["repeats"], "compile s": r.get("compile_s"), "weights GiB": r.get("weight_gib"),
+                        "kernel check": r.get("kernel_note")})
+        else:
+            row.update({"p10": r["p10_ms"], "p50": r["p50_ms"], "p90": r["p90_ms"], "unit": "ms",
+                        "repeats": r["repeats"], "compile s": r.get("compile_s"), "weights GiB": r.get("weight_gib"),
+                        "kernel check": r.get("kernel_note")})
+        rows.append(row)
+    return pd.DataFrame(rows)

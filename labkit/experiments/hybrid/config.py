@@ -1,19 +1,22 @@
 """What one hybrid run is: the variants (float, PTQ, fine-tune-then-PTQ, QAT; INT8 weight-only or with dynamic
 activations, FP8 row-wise, INT8 weight-only on labkit's kernel), the layers they quantize, and every setting
-(`HybridConfig.for_profile` for quick and full)."""
+(`HybridConfig.for_profile` for quick and full; the fields with a help text are `bench hybrid`'s flags)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import torch
 
 from labkit.env import default_device, get_profile
-from labkit.quant.selection import LayerSelection
+from labkit.experiments import protocol
+from labkit.experiments.protocol import flag, seed_list
+from labkit.quant.selection import FEED_FORWARD, LAYER_PRESETS, LayerSelection
+from labkit.results.files import device_slug
 
-FEED_FORWARD = r"\.mlp\.(gate|up|down)_proj$"
-"""The default selection: the feed-forward (MLP) Linear layers of every block, which hold most of each block's
-Linear weights (3/4 on SmolLM2-135M, 2/3 on Llama-2-7B), so INT8 there saves the most memory."""
+SHAPE_MODES = ("bf16", "w8", "w8a8", "w8-labkit", "fp8")
+"""Modes of the random-weight shape part: bf16; torchao INT8 weight-only / dynamic activations; INT8 weight-only on
+labkit's Triton kernel; FP8 row-wise weights and activations (GPUs >= 8.9)."""
 
 MODES = ("w8", "w8a8", "fp8", "w8-labkit")
 """8-bit modes: torchao INT8 weight-only / INT8 weights + dynamic per-token INT8 activations / FP8 row-wise
@@ -89,23 +92,29 @@ def attention_backend(device: torch.device | str) -> str:
 
 
 @dataclass
-class HybridConfig:
+class HybridConfig(protocol.Settings):
     """Everything one hybrid run depends on. `for_profile` gives the quick and full settings."""
 
-    model: str = "smollm2-135m"
-    layers: LayerSelection = FEED_FORWARD
+    profile: str = "quick"
+    model: str = flag("smollm2-135m", "trained causal LM (embedded name or hub id/folder); 'none' skips this part")
+    layers: LayerSelection = flag(FEED_FORWARD, "layers to quantize: 'feed-forward' (gate/up/down, the default), "
+                                                "'all-linear' (every Linear in the blocks; the head stays float, it is "
+                                                "tied to the embedding on SmolLM2), or a regular expression on module "
+                                                "names", parse=lambda text: LAYER_PRESETS.get(text, text))
     device: str | None = None
     dtype: str = "bfloat16"
-    variants: tuple[str, ...] = tuple(VARIANTS)
-    seq_len: int = 1024               # tokens per block, for perplexity and fine-tuning
-    eval_blocks: int | None = None    # test blocks for perplexity (None: the whole split)
+    variants: tuple[str, ...] = flag(tuple(VARIANTS), "comma-separated subset of the variants (default: by profile; "
+                                                      "the full GPU profile runs all of them)", choices=tuple(VARIANTS))
+    seq_len: int = flag(1024, "block length for perplexity and fine-tuning")
+    eval_blocks: int | None = flag(None, "test blocks for perplexity (default: by profile; full on a GPU: all)")
     eval_batch: int = 8
-    train_steps: int = 120
+    train_steps: int = flag(120, "fine-tune steps (base-ft and QAT alike)", name="steps")
     train_batch: int = 4
-    lr: float = 2e-5
+    lr: float = flag(2e-5, "fine-tune learning rate")
     warmup_frac: float = 0.1
     freeze_embeddings: bool = True    # tied models: the head is frozen with it (same tensor)
-    prefill_lengths: tuple[int, ...] = (2048, 8192)
+    prefill_lengths: tuple[int, ...] = flag((2048, 8192), "comma-separated prefill lengths (trained model)",
+                                            name="prefill_lens")
     prefill_warmup: int | None = None  # None: the sweep's defaults by length
     prefill_repeat: int | None = None
     decode_prompt: int = 128
@@ -113,11 +122,23 @@ class HybridConfig:
     decode_repeat: int = 3
     seed: int = 0
     data_dir: str | None = None
-    seeds: tuple[int, ...] = (0,)  # run_hybrid_seeds: fine-tuned variants over these seeds (perplexity mean +- sd)
+    seeds: tuple[int, ...] = flag((0,), "comma-separated seeds for the fine-tuned variants (full: 0,1,2; quick: 0): "
+                                        "perplexity as mean +- sd", parse=seed_list)
     speed: bool = True  # False: perplexity, size and checks only (the seeds after the first)
     speed_once: bool = True  # speed of the first variant of each kind only: the others run the same kernels
     w8a8_decode_tokens: int | None = 8  # torchao's eager w8a8 decodes at ~2 tok/s on Hopper: fewer tokens timed
-    ppl_path: str = "auto"  # w8a8 perplexity: "emulated", "real" or "auto" (emulated on a GPU; see evaluate.py)
+    ppl_path: str = flag("auto", "w8a8 perplexity: through an exact float32 emulation of the INT8 arithmetic, "
+                                 "checked against the converted model on one batch ('emulated'), through the converted "
+                                 "model ('real'), or 'auto' (emulated on a GPU, where torchao's eager INT8 path is "
+                                 "slow; real on a CPU)", choices=("auto", "emulated", "real"))
+    allow_beyond_context: bool = flag(False, "let the trained model run past its context length")
+    sensitivity: bool = flag(True, "skip the per-layer sensitivity table")
+    shape: str = flag("llama-2-7b", "random-weight shape for the speed/memory part (GPU only); 'none' skips it")
+    shape_lens: tuple[int, ...] = flag((8192, 32768), "comma-separated prefill lengths for the shape")
+    shape_modes: tuple[str, ...] = flag(("bf16", "w8", "w8a8"), "comma-separated: bf16,w8,w8a8,w8-labkit (INT8 on "
+                                        "labkit's Triton kernel),fp8 (FP8 row-wise, GPUs >= 8.9)", choices=SHAPE_MODES)
+    memory_cap_gb: float = flag(80.0, "cap PyTorch's GPU memory at this many GB (1e9 bytes) for the shape part, so "
+                                      "'fits an 80 GB card' is tested directly on a bigger one (0: no cap)", parse=float)
 
     @classmethod
     def for_profile(cls, profile: str | None = None, device: torch.device | str | None = None,
@@ -142,14 +163,10 @@ class HybridConfig:
             cfg = cls(seeds=(0, 1, 2), decode_repeat=5)
         else:
             raise ValueError(f"unknown profile {profile!r}; use 'quick' or 'full'")
-        cfg.device = str(device)
-        return replace(cfg, **overrides)
+        return replace(cfg, profile=profile, device=str(device), **overrides)
 
     def torch_dtype(self) -> torch.dtype:
         return getattr(torch, self.dtype)
 
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        if callable(self.layers):
-            d["layers"] = f"<predicate {getattr(self.layers, '__name__', 'callable')}>"
-        return d
+    def device_slug(self) -> str:
+        return device_slug(self.device)

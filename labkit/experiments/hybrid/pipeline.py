@@ -1,29 +1,14 @@
-"""The selective hybrid: attention on FlashAttention-2 in bf16, the chosen Linear layers in INT8 (torchao).
+"""The selective hybrid: attention on FlashAttention-2 in bf16, the chosen Linear layers in 8-bit (torchao).
 
-One model, one device. Every variant starts from the same float master copy and gets the same recipe:
-
-    base         the float model, untouched                       (bf16; attention fa2 on a GPU, sdpa on a CPU)
-    base-ft      the float model after the fine-tune QAT also gets (same data, steps, learning rate, seed)
-    ptq-w8       PTQ of the untouched model: selected layers INT8 weight-only
-    ptq-w8a8     PTQ of the untouched model: selected layers INT8 weights + dynamic per-token INT8 activations
-    ft-ptq-w8    PTQ of the base-ft model (fine-tune first, then PTQ: the stricter baseline for QAT)
-    ft-ptq-w8a8  the same with dynamic INT8 activations
-    qat-w8       QAT: fake quantizers (weights) on the selection only, fine-tune, convert to INT8 weight-only
-    qat-w8a8     QAT: fake quantizers (weights + activations), fine-tune, convert to INT8 dynamic activations
-    ptq-fp8      PTQ FP8 row-wise (e4m3 weights per channel, dynamic activations per token); ft-ptq-fp8 of base-ft
-    qat-fp8      QAT with FP8 fake quantizers, fine-tune, convert to FP8 row-wise
-                 (FP8 kernels need a GPU of compute capability >= 8.9: elsewhere the FP8 variants are evaluated by
-                 fake quantization, the same rounding in float arithmetic, and their rows say so)
-    qat-w8-labkit  the converted qat-w8 model (same INT8 codes, not trained again) on labkit's INT8 kernel Linear
-
-Perplexity takes the fastest path that keeps a variant's numbers (labkit.experiments.hybrid.evaluate: w8a8 on a
-GPU through an exact float32 emulation of the INT8 arithmetic, checked against the real model on one batch).
-Speed is timed once per kind of kernels (the first float, w8, w8a8, ... variant); the others name it in `speed_of`.
-
-Fine-tuning runs on fp32 master weights (bf16 autocast when the model runs in bf16: pure-bf16 AdamW would
-round small updates away) on WikiText-2 *validation*; perplexity is measured on WikiText-2 *test*.
-After conversion each variant is checked (labkit.experiments.hybrid.checks). The speed-and-memory half on a
-real shape with random weights is labkit.experiments.hybrid.shape.
+One model, one device. Every variant (labkit.experiments.hybrid.config.VARIANTS: float, PTQ of the untouched or the
+fine-tuned model, QAT; INT8 weight-only or w8a8, FP8 row-wise, INT8 on labkit's kernel) starts from the same float
+master copy and gets the same recipe. Fine-tuning runs on fp32 master weights (bf16 autocast when the model runs in
+bf16: pure-bf16 AdamW would round small updates away) on WikiText-2 validation; perplexity is measured on WikiText-2
+test by the fastest path that keeps a variant's numbers (labkit.experiments.hybrid.evaluate). FP8 kernels need a GPU
+of compute capability >= 8.9: elsewhere FP8 variants are evaluated by fake quantization and their rows say so. Speed
+is timed once per kind of kernels; the others name it in `speed_of`. After conversion each variant is checked
+(`check_hybrid`): the attention kernel that ran (profiled), integer matmuls where a variant claims them
+(labkit.quant.kernel_evidence), exactly the selected layers 8-bit, every unselected Linear untouched.
 """
 
 from __future__ import annotations
@@ -31,21 +16,21 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
 from labkit.attention.backends import set_backend
+from labkit.attention.verify import verify_backend
 from labkit.env import default_device
-from labkit.experiments.hybrid.checks import check_hybrid, snapshot_unselected
 from labkit.experiments.hybrid.config import VARIANTS, HybridConfig, Variant, attention_backend, missing_parents
 from labkit.experiments.hybrid.evaluate import resolve_ppl_path, variant_perplexity
 from labkit.lm.finetune import fine_tune
 from labkit.lm.perplexity import wikitext_blocks
 from labkit.measure.decode import decode_tokens_per_s
 from labkit.measure.memory import error_text, is_memory_error, release_memory
-from labkit.measure.prefill import prefill_point
+from labkit.measure.prefill import prefill_point, random_input_ids
 from labkit.models import load_causal_lm, parameter_count
 from labkit.quant.fp8 import (
     convert_fp8_qat,
@@ -54,12 +39,82 @@ from labkit.quant.fp8 import (
     prepare_fp8_qat,
     quantize_fp8_rowwise,
 )
+from labkit.quant.kernel_evidence import matmul_evidence
 from labkit.quant.ptq import quantize_dynamic_int8, quantize_weight_only_int8
 from labkit.quant.qat import convert_qat, prepare_qat
-from labkit.quant.report import fake_quantized_modules
-from labkit.quant.selection import resolve_layers
+from labkit.quant.report import fake_quantized_modules, int8_modules
+from labkit.quant.selection import LayerSelection, resolve_layers, selection_filter
 from labkit.quant.size import weight_bytes
 
+
+# ---------------------------------------------------------------------------------------------------------------
+# checks after conversion
+
+
+def snapshot_unselected(model: nn.Module, selected: list[str]) -> dict[str, torch.Tensor]:
+    """Copies of every unselected Linear's weight, taken just before quantization (to prove it is untouched)."""
+    chosen = set(selected)
+    return {n: m.weight.detach().clone() for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) and n not in chosen}
+
+
+def check_hybrid(model: nn.Module, selected: list[str], snapshot: dict[str, torch.Tensor] | None,
+                 backend: str, quantized: bool, sample_len: int = 64, mode: str | None = None,
+                 require_weight_kernel: bool = False, eight_bit: list[str] | None = None) -> dict:
+    """Attention kernel (profiled forward), INT8 layers == selection, unselected Linears untouched, and with `mode`
+    ("w8a8", "w8", "fp8" or "float") the matmuls that ran: a w8a8 model that ran no integer matmul fails.
+    `eight_bit`: for FP8 variants, the names of the FP8 (or FP8 fake-quantized) modules, checked == selection
+    instead of the INT8 ones (which must then be none).
+
+    Returns a dict with `ok` and the evidence; never raises (a failed check is a result).
+    """
+    result: dict = {"backend": backend}
+    try:
+        ev = verify_backend(model, backend, random_input_ids(model, sample_len), strict=False)
+        result.update(attention_ok=ev.ok, attention=str(ev).splitlines()[0], attention_families=ev.families)
+    except Exception as err:  # noqa: BLE001
+        result.update(attention_ok=False, attention=error_text(err))
+    if mode is not None:
+        try:
+            ids = random_input_ids(model, sample_len)
+            mm = matmul_evidence(model, lambda: model(input_ids=ids, use_cache=False, logits_to_keep=1), mode,
+                                 require_weight_kernel=require_weight_kernel)
+            result.update(matmul_ok=mm.ok, matmul=str(mm), matmul_evidence=mm.as_dict())
+        except Exception as err:  # noqa: BLE001
+            result.update(matmul_ok=False, matmul=error_text(err))
+    int8 = int8_modules(model)
+    result["int8_layers"] = len(int8)
+    if eight_bit is None:
+        result["int8_matches_selection"] = (int8 == selected) if quantized else (int8 == [])
+    else:
+        result["fp8_layers"] = len(eight_bit)
+        result["int8_matches_selection"] = int8 == []
+        result["fp8_matches_selection"] = eight_bit == selected
+    changed, not_plain = [], []
+    if snapshot is not None:
+        modules = dict(model.named_modules())
+        for name, before in snapshot.items():
+            w = getattr(modules.get(name), "weight", None)
+            if type(w) is not nn.Parameter or type(w.data) is not torch.Tensor:
+                not_plain.append(name)
+            elif w.dtype != before.dtype or not torch.equal(w.detach(), before):
+                changed.append(name)
+    result.update(unselected_checked=len(snapshot or {}), unselected_changed=changed[:5],
+                  unselected_not_plain=not_plain[:5],
+                  unselected_untouched=snapshot is not None and not changed and not not_plain)
+    emb = getattr(model, "get_input_embeddings", lambda: None)()
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    if emb is not None and head is not None and getattr(model.config, "tie_word_embeddings", False):
+        result["head_still_tied"] = head.weight is emb.weight
+    result["ok"] = bool(result.get("attention_ok") and result["int8_matches_selection"]
+                        and result.get("fp8_matches_selection", True)
+                        and (snapshot is None or result["unselected_untouched"])
+                        and result.get("matmul_ok", True))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# speed, and the run
 
 def prefill_entry(point) -> dict:
     """One prefill length of a variant, as stored in a row's `prefill` list (structured: one dict per length)."""
@@ -103,13 +158,31 @@ class HybridResult:
         table = pd.DataFrame(self.rows).set_index("variant")
         return table if digits is None else table.round(digits)
 
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _fp8_numerics(device: torch.device) -> str:
     """"real" where FP8 kernels run (NVIDIA GPU, compute capability >= 8.9), else "fake" (fake quantization)."""
     return "real" if fp8_unavailable_reason(device) is None else "fake"
+
+
+def quantize_mode(model: nn.Module, mode: str, layers: LayerSelection = None) -> list[str]:
+    """Put the `layers` selection of `model` in 8-bit `mode`, in place: "w8" / "w8a8" torchao INT8 weight-only /
+    dynamic activations, "w8-labkit" labkit's INT8 kernel Linear, "fp8" FP8 row-wise (refused, with the reason,
+    below compute capability 8.9). Returns the names that really are 8-bit afterwards."""
+    if mode in ("w8", "w8a8"):
+        (quantize_dynamic_int8 if mode == "w8a8" else quantize_weight_only_int8)(model, layers)
+    elif mode == "w8-labkit":
+        from torchao.quantization import quantize_
+
+        from labkit.quant.int8_linear import LabkitInt8WeightOnlyConfig
+
+        quantize_(model, LabkitInt8WeightOnlyConfig(), filter_fn=selection_filter(model, layers))
+    elif mode == "fp8":
+        quantize_fp8_rowwise(model, layers)
+        return fp8_modules(model)
+    else:
+        raise ValueError(f"unknown 8-bit mode {mode!r}; use w8, w8a8, w8-labkit or fp8")
+    return int8_modules(model)
 
 
 def _quantize(model: nn.Module, v: Variant, selected: list[str], device: torch.device, info: dict) -> None:
@@ -120,17 +193,10 @@ def _quantize(model: nn.Module, v: Variant, selected: list[str], device: torch.d
             (convert_fp8_qat(model) if v.method == "qat" else quantize_fp8_rowwise(model, selected))
         elif v.method == "ptq":
             prepare_fp8_qat(model, selected)  # the same FP8 rounding, in float arithmetic (no FP8 kernels here)
-    elif v.mode == "w8-labkit":
-        from torchao.quantization import quantize_
-
-        from labkit.quant.int8_linear import LabkitInt8WeightOnlyConfig
-
-        chosen = set(selected)
-        quantize_(model, LabkitInt8WeightOnlyConfig(), filter_fn=lambda m, fqn: fqn in chosen)
-    elif v.method == "qat":
+    elif v.method == "qat" and v.mode != "w8-labkit":
         convert_qat(model)
-    elif v.method == "ptq":
-        (quantize_dynamic_int8 if v.mode == "w8a8" else quantize_weight_only_int8)(model, selected)
+    elif v.method is not None:
+        quantize_mode(model, v.mode, selected)
 
 
 def make_variant(master: nn.Module, variant: str | Variant, cfg: HybridConfig, selected: list[str],

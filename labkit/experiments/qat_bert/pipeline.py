@@ -1,24 +1,18 @@
 """Notebook 01's experiment: FP32 fine-tune, then PTQ-dynamic, PTQ-static and QAT to INT8, measured side by side.
 
-Stages (each one a function, `run_qat_bert` runs them in order with a tqdm bar):
-    1. fine-tune the classifier in FP32 with the HF Trainer                       -> "fp32"
-    2. continue FP32 training for the QAT budget (same steps, data, schedule)    -> "fp32-extra"
-    3. PTQ: dynamic INT8 (per-token activations) on the FP32 model                -> "ptq-dynamic"
-    4. PTQ: static INT8, activation ranges calibrated on training batches        -> "ptq-static"
-    5. QAT: prepare (fake quant) the FP32 model, train the same extra steps, convert -> "qat"
-    6. each variant: accuracy and F1 on the same eval set, size on disk, CPU latency at batch 1 and 8,
-       sequence length 128, eager and torch.compile'd (timing rounds interleaved across variants)
-All INT8 variants quantize the same layers (default: every Linear in the encoder and pooler, the 2-way
-classifier head stays FP32) and the embeddings (INT8 weight-only), so sizes count every weight.
-This is a CPU experiment by design (the deployment target is a CPU): quantization, evaluation and latency run on
-the CPU even where a GPU is visible. Only the training may run on a GPU (`train_device`, "auto" in the full
-profile), which the full budget (3 epochs of the 67k SST-2 training sentences, 3 seeds) needs in practice.
-The same labkit.quant API runs on GPUs in bf16 (notebook 03).
+`run_qat_bert` runs the stages in order (a tqdm bar): fine-tune in FP32 ("fp32"), the same extra steps in FP32
+("fp32-extra", QAT's reference), PTQ dynamic and static (calibrated on training batches), QAT (prepare, train the
+extra steps, convert); then accuracy and F1 on one eval set, size on disk and CPU latency at batch 1 and 8, length
+128, eager and torch.compile'd (rounds interleaved across variants). Every INT8 variant quantizes the same layers
+(the encoder and pooler Linears; the 2-way head stays FP32) and the embeddings, so sizes count every weight. A CPU
+experiment by design: only the training may run on a GPU (`train_device`, "auto" in the full profile).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import math
 import tempfile
 import time
@@ -29,10 +23,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from labkit.data import load_text_classification, tokenize_classification
-from labkit.experiments.qat_bert.latency import measure_latency
+from labkit.experiments import protocol
+from labkit.experiments.protocol import flag, seed_list
+from labkit.experiments.qat_bert.saved_models import SeedModels
+from labkit.measure.timing import interleaved_latency, time_callable
 from labkit.metrics import classification_metrics
 from labkit.models import load_classifier
 from labkit.quant.io import round_trip_check
+from labkit.quant.kernel_evidence import matmul_evidence
+from labkit.quant.legacy import (
+    legacy_convert,
+    legacy_prepare_qat,
+    legacy_quantized_modules,
+    legacy_size_mb,
+    naive_mistakes,
+)
 from labkit.quant.ptq import (
     quantize_dynamic_int8,
     quantize_embeddings_int8,
@@ -57,20 +62,21 @@ FP32_VARIANTS = ("fp32", "fp32-extra")
 
 
 @dataclass
-class QATBertConfig:
-    """Everything that decides what the experiment measures; `for_profile` gives the quick/full presets."""
+class QATBertConfig(protocol.Settings):
+    """Everything that decides what the experiment measures (the settings of `bench qat`, whose flags are the
+    fields given a help text); `for_profile` gives the quick/full presets."""
 
     profile: str = "quick"
-    dataset: str = "sst2"
-    model: str = "minilm-l6"
-    n_train: int | None = 384
-    n_eval: int | None = 200
+    dataset: str = flag("sst2", "sst2 (default) or imdb", choices=tuple(DATASETS))
+    model: str = flag("minilm-l6", "classifier name (labkit.models) or hub id")
+    n_train: int | None = flag(384, "training rows (default: the profile's)")
+    n_eval: int | None = flag(200, "eval rows (default: the profile's; full = all)")
     max_length: int = 128
     batch_size: int = 16
-    fp32_steps: int = 40
-    extra_steps: int = 16  # QAT steps, and the FP32 reference's extra steps
-    lr: float = 1e-4
-    extra_lr: float = 3e-5
+    fp32_steps: int = flag(40, "FP32 fine-tuning steps")
+    extra_steps: int = flag(16, "QAT steps = the FP32 reference's extra steps")
+    lr: float = flag(1e-4, "FP32 fine-tuning learning rate (full: 5e-5)")
+    extra_lr: float = flag(3e-5, "QAT / FP32-extra learning rate (full: 2e-5)")
     warmup_ratio: float = 0.1
     calibration_batches: int = 4
     layers: LayerSelection = r"^bert\.(encoder|pooler)\."
@@ -81,18 +87,22 @@ class QATBertConfig:
     latency_rounds: int = 2
     latency_repeat: int = 2
     latency_warmup: int = 1
-    compile: bool = True
+    compile: bool = flag(True, "skip the torch.compile latency")
     compile_variants: tuple[str, ...] | None = None  # None: every variant
     seed: int = 0
     data_dir: str | None = None
-    seeds: tuple[int, ...] = (0,)  # run_seeds: accuracy over these seeds (mean +- sd), latency on the first only
-    fp32_epochs: float | None = None  # set: fp32_steps = epochs over the training rows (after loading them)
-    extra_epochs: float | None = None  # set: extra_steps likewise
-    train_device: str = "cpu"  # "cpu", "cuda" or "auto" (cuda when visible): where training runs, nothing else
+    seeds: tuple[int, ...] = flag((0,), "comma-separated seeds (full: 0,1,2; quick: 0): accuracy over these seeds "
+                                        "(mean +- sd), latency on the first only", parse=seed_list)
+    fp32_epochs: float | None = flag(None, "FP32 fine-tuning epochs over the training rows (full: 3; "
+                                           "--fp32-steps wins)")
+    extra_epochs: float | None = flag(None, "QAT (and FP32 + extra) epochs (full: 1; --extra-steps wins)")
+    train_device: str = flag("cpu", "where training runs (full: auto = a GPU when visible); everything else runs "
+                                    "on the CPU", choices=("cpu", "cuda", "auto"))
+    threads: int | None = flag(None, "torch threads (default: torch's choice)")
     latency: bool = True  # False: skip the latency stages (seeds after the first)
 
     @classmethod
-    def for_profile(cls, profile: str, **overrides) -> QATBertConfig:
+    def for_profile(cls, profile: str | None = None, **overrides) -> QATBertConfig:
         """quick: CI-sized (a few hundred examples, a few dozen steps, one seed).
 
         full: trained to convergence, as published fine-tunes of 6-layer MiniLM reach ~91% on SST-2 dev: every one
@@ -101,6 +111,9 @@ class QATBertConfig:
         set (872); 3 seeds (accuracy as mean +- sd); training on a GPU when one is visible.
         full with dataset="imdb": a small-budget IMDB recipe, 1,000 train / 1,000 test reviews (2 epochs).
         Explicit fp32_steps / extra_steps overrides win over the epochs."""
+        from labkit.env import get_profile
+
+        profile = profile or get_profile()
         if profile == "quick":
             base = cls(profile="quick", compile_variants=("fp32", "qat"))
         elif profile == "full":
@@ -129,28 +142,25 @@ class QATBertConfig:
 
     def resolved_train_device(self) -> str:
         """"cuda" or "cpu": where training runs ("auto" is cuda when a GPU is visible)."""
-        if self.train_device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return self.train_device
+        return ("cuda" if torch.cuda.is_available() else "cpu") if self.train_device == "auto" else self.train_device
+
+    def device_slug(self) -> str:
+        return "cpu"  # a CPU experiment by design: only the training may run on a GPU
 
     def validate(self) -> None:
         """Fail early, before anything heavy loads, on inputs that cannot work."""
         if self.dataset not in DATASETS:
-            raise ValueError(
-                f"unknown dataset {self.dataset!r} for notebook 01; choose one of {', '.join(DATASETS)}"
-            )
+            raise ValueError(f"unknown dataset {self.dataset!r} for notebook 01; choose one of {', '.join(DATASETS)}")
         for name in ("fp32_steps", "extra_steps", "batch_size", "latency_rounds", "latency_repeat"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        unknown = set(self.compile_variants or ()) - set(VARIANTS)
-        if unknown:
+        if unknown := set(self.compile_variants or ()) - set(VARIANTS):
             raise ValueError(f"compile_variants has unknown variant(s) {sorted(unknown)}; known: {VARIANTS}")
         if not self.seeds:
             raise ValueError("seeds is empty: give at least one seed, e.g. (0, 1, 2)")
         for name in ("fp32_epochs", "extra_epochs"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be above 0 (or None to use the step count), got {value}")
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be above 0 (or None to use the step count), got {getattr(self, name)}")
         if self.train_device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"train_device={self.train_device!r} is not a device; use 'cpu', 'cuda' or 'auto'")
         if self.train_device == "cuda" and not torch.cuda.is_available():
@@ -171,11 +181,6 @@ class QATBertResult:
     tokenizer: object = field(default=None, repr=False)
     eval_ds: object = field(default=None, repr=False)
     train_ds: object = field(default=None, repr=False)
-
-    def as_dict(self) -> dict:
-        """The measured results (no models), JSON-ready."""
-        return {k: v for k, v in asdict(replace(self, models={}, tokenizer=None, eval_ds=None, train_ds=None)).items()
-                if k not in ("models", "tokenizer", "eval_ds", "train_ds")}
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -249,45 +254,82 @@ def evaluate(model: nn.Module, eval_ds, tokenizer, batch_size: int = 32, desc: s
 # ------------------------------------------------------------------------------------------ quantize
 
 
-def make_ptq_dynamic(fp32: nn.Module, cfg: QATBertConfig) -> nn.Module:
-    """A copy of `fp32` with dynamic INT8 Linear layers (and INT8 embeddings)."""
+def make_ptq(fp32: nn.Module, cfg: QATBertConfig, calibration: list[dict] | None = None) -> nn.Module:
+    """A copy of `fp32` with INT8 Linear layers (and INT8 embeddings): dynamic per-token activations (weight-only
+    when `cfg.activations` is None), or static ones calibrated on `calibration` batches."""
     model = copy.deepcopy(fp32).eval()
-    if cfg.activations is None:
-        quantize_weight_only_int8(model, cfg.layers)
+    if calibration is not None:
+        quantize_static_int8(model, cfg.layers, calibration)
     else:
-        quantize_dynamic_int8(model, cfg.layers)
-    if cfg.embeddings:
-        quantize_embeddings_int8(model)
-    return model
-
-
-def make_ptq_static(fp32: nn.Module, cfg: QATBertConfig, train_ds, tokenizer) -> nn.Module:
-    """A copy of `fp32` with static INT8 Linear layers calibrated on training batches (and INT8 embeddings)."""
-    model = copy.deepcopy(fp32).eval()
-    calib = list(batches(train_ds, tokenizer, cfg.batch_size, limit=cfg.calibration_batches, shuffle_seed=cfg.seed + 1))
-    quantize_static_int8(model, cfg.layers, calib)
-    if cfg.embeddings:
-        quantize_embeddings_int8(model)
-    return model
+        (quantize_weight_only_int8 if cfg.activations is None else quantize_dynamic_int8)(model, cfg.layers)
+    return quantize_embeddings_int8(model) if cfg.embeddings else model
 
 
 def make_qat(fp32: nn.Module, cfg: QATBertConfig, train_ds, tokenizer, store=None) -> tuple[nn.Module, dict]:
-    """A copy of `fp32`, prepared with fake quantizers, trained `extra_steps`, converted to real INT8.
+    """A copy of `fp32`, prepared with fake quantizers, trained `extra_steps`, converted to real INT8. `store`: a
+    `saved_models.SeedModels` that saves the trained QAT model (before convert), or loads it when it was saved."""
+    def train_qat(model: nn.Module) -> dict:
+        prepare_qat(model.train(), cfg.layers, activations=cfg.activations, embeddings=cfg.embeddings)
+        return train(model, train_ds, tokenizer, cfg, cfg.extra_steps, cfg.extra_lr, "qat")
 
-    store: a `saved_models.SeedModels`; the trained QAT model (before convert) is saved there, or loaded from it
-    instead of training when an earlier attempt saved it."""
-    saved = store.load("qat", copy.deepcopy(fp32)) if store is not None else None
-    if saved is not None:
-        model, info = saved
-    else:
-        model = copy.deepcopy(fp32).train()
-        prepare_qat(model, cfg.layers, activations=cfg.activations, embeddings=cfg.embeddings)
-        info = train(model, train_ds, tokenizer, cfg, cfg.extra_steps, cfg.extra_lr, "qat")
-        if store is not None:
-            store.save("qat", model, info)
-    convert_qat(model)
-    return model.eval(), info
+    model, info = (store or SeedModels(None, cfg)).trained("qat", copy.deepcopy(fp32), train_qat)
+    return convert_qat(model).eval(), info
 
+
+# ------------------------------------------------------------------------------------------- latency
+
+
+def latency_inputs(batch_size: int, seq_len: int, vocab_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A full-length batch (every position a real token), so every variant does the same work."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, vocab_size, (batch_size, seq_len), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+
+
+def compile_settings():
+    """Inductor freezing for every compiled variant alike (compile, warm up and run inside it): weights become
+    constants, so on x86 the FP32 Linears use packed MKL GEMMs and torchao's INT8 pattern is lowered to oneDNN's
+    qlinear kernel. (Set as a config patch around compilation: passing `options={"freezing": True}` to
+    torch.compile did not trigger the oneDNN INT8 lowering in torch 2.13, only the plain `_int_mm` path.)"""
+    import torch._dynamo.config as dynamo_config
+    import torch._inductor.config as inductor_config
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(inductor_config.patch(freezing=True))
+    # every variant x batch size is one more compiled entry of the same forward(); past dynamo's default
+    # limit (8) the extra ones would silently run eager, so raise it for this measurement
+    limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    stack.enter_context(dynamo_config.patch(**{limit: 64}))
+    return stack
+
+
+def measure_latency(models: dict[str, nn.Module], cfg: QATBertConfig, vocab_size: int, compiled: bool = False,
+                    progress: tqdm | None = None, modes: dict[str, str] | None = None) -> dict[str, dict[int, dict]]:
+    """p10/p50/p90 latency (ms) per variant and batch size, rounds interleaved across variants
+    (labkit.measure.timing.interleaved_latency); warm-up (and, compiled, the compilation) before any timed call.
+
+    `modes` (variant -> "w8a8" / "w8" / "float"): one call per variant at the largest batch is then profiled and
+    judged (labkit.quant.kernel_evidence); the evidence is in that batch's entry under "matmul"."""
+    inputs = {b: latency_inputs(b, cfg.latency_seq_len, vocab_size, cfg.seed) for b in cfg.latency_batch_sizes}
+    what = "compiled" if compiled else "eager"
+    if compiled:
+        torch._dynamo.reset()
+    with torch.inference_mode(), compile_settings() if compiled else contextlib.nullcontext():
+        fns = {name: (torch.compile(m) if compiled else m) for name, m in models.items()}
+        out = interleaved_latency({n: (lambda x, f=f: f(**x)) for n, f in fns.items()}, inputs,
+                                  rounds=cfg.latency_rounds, repeat=cfg.latency_repeat, warmup=cfg.latency_warmup,
+                                  on_round=lambda r: progress and progress.set_postfix_str(
+                                      f"{what} round {r + 1}/{cfg.latency_rounds}"))
+        b_max = max(inputs)
+        for name, fn in fns.items():
+            if modes and name in modes:
+                ev = matmul_evidence(models[name], lambda fn=fn: fn(**inputs[b_max]), modes[name])
+                out[name][b_max]["matmul"] = ev.as_dict() | {"summary": str(ev)}
+    del fns
+    if compiled:
+        torch._dynamo.reset()
+    gc.collect()
+    return out
 
 
 # ------------------------------------------------------------------------------------------- the run
@@ -309,8 +351,6 @@ def run_qat_bert(cfg: QATBertConfig | None = None, progress: bool = True, keep_m
     is called as each stage finishes (the benchmark logs them as it goes). `models_dir`: a run folder; each
     training stage's model is saved there as it finishes (`saved_models`), and a stage already saved there is
     loaded instead of trained (how `--resume` skips the training an interrupted run finished)."""
-    from labkit.experiments.qat_bert.saved_models import SeedModels, trained_or_loaded, training_settings
-
     cfg = cfg or QATBertConfig.for_profile("quick")
     cfg.validate()
     torch.manual_seed(cfg.seed)
@@ -338,24 +378,25 @@ def run_qat_bert(cfg: QATBertConfig | None = None, progress: bool = True, keep_m
     vocab_size = model.config.vocab_size
     done("load")
 
-    store = SeedModels(models_dir, cfg.seed, training_settings(cfg)) if models_dir is not None else None
-    model, fp32_info = trained_or_loaded(store, "fp32", model,
-                                         lambda m: train(m, train_ds, tokenizer, cfg, cfg.fp32_steps, cfg.lr, "fp32"))
+    store = SeedModels(models_dir, cfg)
+    model, fp32_info = store.trained("fp32", model,
+                                     lambda m: train(m, train_ds, tokenizer, cfg, cfg.fp32_steps, cfg.lr, "fp32"))
     models: dict[str, nn.Module] = {"fp32": model}
     info: dict[str, dict] = {"fp32": fp32_info}
     done("fine-tune FP32")
 
-    extra, info["fp32-extra"] = trained_or_loaded(
-        store, "fp32-extra", copy.deepcopy(model).train(),
+    extra, info["fp32-extra"] = store.trained(
+        "fp32-extra", copy.deepcopy(model).train(),
         lambda m: train(m, train_ds, tokenizer, cfg, cfg.extra_steps, cfg.extra_lr, "fp32-extra"))
     info["fp32-extra"]["steps"] += cfg.fp32_steps
     models["fp32-extra"] = extra
     done("FP32 extra steps")
 
-    models["ptq-dynamic"] = make_ptq_dynamic(model, cfg)
+    models["ptq-dynamic"] = make_ptq(model, cfg)
     info["ptq-dynamic"] = {"steps": cfg.fp32_steps}
     done("PTQ dynamic")
-    models["ptq-static"] = make_ptq_static(model, cfg, train_ds, tokenizer)
+    models["ptq-static"] = make_ptq(model, cfg, list(batches(train_ds, tokenizer, cfg.batch_size,
+                                                             limit=cfg.calibration_batches, shuffle_seed=cfg.seed + 1)))
     info["ptq-static"] = {"steps": cfg.fp32_steps, "calibration_batches": cfg.calibration_batches}
     done("PTQ static")
     models["qat"], info["qat"] = make_qat(model, cfg, train_ds, tokenizer, store)
@@ -397,21 +438,16 @@ def run_qat_bert(cfg: QATBertConfig | None = None, progress: bool = True, keep_m
             "train_steps": info[name].get("steps"), "train_loss": info[name].get("train_loss"),
         }
         for b in cfg.latency_batch_sizes:
-            e = eager[name].get(b)
-            row[f"latency_ms_b{b}"] = e["median_ms"] if e else None
-            row[f"latency_ms_b{b}_p10"] = e["p10_ms"] if e else None
-            row[f"latency_ms_b{b}_p90"] = e["p90_ms"] if e else None
+            e, c = eager[name].get(b), compiled.get(name, {}).get(b)
             row[f"latency_b{b}_repeats"] = e["n"] if e else None
-            c = compiled.get(name, {}).get(b)
-            row[f"latency_ms_b{b}_compiled"] = c["median_ms"] if c else None
-            row[f"latency_ms_b{b}_compiled_p10"] = c["p10_ms"] if c else None
-            row[f"latency_ms_b{b}_compiled_p90"] = c["p90_ms"] if c else None
+            for key, entry in ((f"latency_ms_b{b}", e), (f"latency_ms_b{b}_compiled", c)):
+                row.update({key + suffix: entry[q] if entry else None
+                            for suffix, q in (("", "p50_ms"), ("_p10", "p10_ms"), ("_p90", "p90_ms"))})
             if c:
                 row["compile_warmup_s"] = round(c["warmup_s"], 1)
             for kind, entry in (("eager", e), ("compiled", c)):
                 if entry and "matmul" in entry:
-                    row[f"matmul_{kind}"] = entry["matmul"]["summary"]
-                    row[f"matmul_{kind}_ok"] = entry["matmul"]["ok"]
+                    row.update({f"matmul_{kind}": entry["matmul"]["summary"], f"matmul_{kind}_ok": entry["matmul"]["ok"]})
         rows.append(row)
     config = asdict(cfg)
     config["layers"] = cfg.layers if isinstance(cfg.layers, (str, list, tuple, type(None))) else repr(cfg.layers)
@@ -422,3 +458,73 @@ def run_qat_bert(cfg: QATBertConfig | None = None, progress: bool = True, keep_m
     if keep_models:
         result.models, result.tokenizer, result.eval_ds, result.train_ds = models, tokenizer, eval_ds, train_ds
     return result
+
+
+# ------------------------------------------------------------------------------------------- reading rows
+
+
+def variant_row(rows: list[dict], variant: str) -> dict:
+    for r in rows:
+        if r["variant"] == variant:
+            return r
+    raise KeyError(f"no row for variant {variant!r}; rows have {[r['variant'] for r in rows]}")
+
+
+def accuracy_changes(rows: list[dict]) -> list[dict]:
+    """Accuracy/F1 change (points) of each INT8 variant against the FP32 model with the same training:
+    PTQ against the first FP32 model, QAT against FP32 + extra steps."""
+    out = []
+    for variant, ref in (("ptq-dynamic", "fp32"), ("ptq-static", "fp32"), ("qat", "fp32-extra")):
+        r, f = variant_row(rows, variant), variant_row(rows, ref)
+        out.append({"variant": r["label"], "against": f["label"],
+                    "accuracy change (points)": (r["accuracy"] - f["accuracy"]) * 100,
+                    "F1 change (points)": (r["f1"] - f["f1"]) * 100})
+    return out
+
+
+def results_frame(rows: list[dict]):
+    """The results table as a pandas DataFrame (accuracy and F1 in %, one row per variant)."""
+    import pandas as pd
+
+    cols = ["label", "accuracy", "f1", "size_mb", "latency_ms_b1", "latency_ms_b8", "latency_ms_b1_compiled",
+            "latency_ms_b8_compiled", "train_steps", "int8_modules"]
+    df = pd.DataFrame(rows)
+    df = df[[c for c in cols if c in df.columns]].copy()
+    df["accuracy"] *= 100
+    df["f1"] *= 100
+    return df.rename(columns={"label": "variant", "accuracy": "accuracy %", "f1": "F1 %", "size_mb": "size MB",
+                              "latency_ms_b1": "b1 eager ms", "latency_ms_b8": "b8 eager ms",
+                              "latency_ms_b1_compiled": "b1 compiled ms", "latency_ms_b8_compiled": "b8 compiled ms",
+                              "train_steps": "train steps", "int8_modules": "INT8 modules"}).set_index("variant")
+
+
+# ------------------------------------------------------------------------------------------- legacy
+
+
+def run_legacy(result: QATBertResult, steps: int | None = None) -> dict:
+    """The deprecated torch.ao.quantization eager-mode QAT recipe on the same FP32 model, layers, data and
+    extra steps (needs `run_qat_bert(..., keep_models=True)`), plus the naive mistakes, measured."""
+    if "fp32" not in result.models:
+        raise ValueError("run_legacy needs the models: call run_qat_bert(cfg, keep_models=True) first")
+    cfg = QATBertConfig(**{k: v for k, v in result.config.items() if k in QATBertConfig.__dataclass_fields__})
+    cfg.latency_batch_sizes = tuple(cfg.latency_batch_sizes)
+    steps = steps or cfg.extra_steps
+    fp32 = result.models["fp32"]
+    sample = next(batches(result.eval_ds, result.tokenizer, 8))
+    mistakes = naive_mistakes(fp32, sample, cfg.layers)
+    model = legacy_prepare_qat(copy.deepcopy(fp32), cfg.layers)
+    info = train(model, result.train_ds, result.tokenizer, cfg, steps, cfg.extra_lr, "legacy-qat")
+    legacy_convert(model)
+    metrics = evaluate(model, result.eval_ds, result.tokenizer, desc="eval legacy")
+    x = latency_inputs(8, cfg.latency_seq_len, fp32.config.vocab_size, cfg.seed)
+    lat = time_callable(lambda: model(**x), warmup=cfg.latency_warmup,
+                        repeat=cfg.latency_rounds * cfg.latency_repeat)
+    lat_fp32 = time_callable(lambda: fp32(**x), warmup=cfg.latency_warmup,
+                             repeat=cfg.latency_rounds * cfg.latency_repeat)
+    return {
+        "row": {"variant": "legacy-qat", "label": "legacy eager QAT (torch.ao)", **metrics,
+                "size_mb": legacy_size_mb(model), "quantized_modules": len(legacy_quantized_modules(model)),
+                "train_steps": cfg.fp32_steps + info["steps"], "latency_ms_b8": lat.median_ms,
+                "fp32_latency_ms_b8_same_session": lat_fp32.median_ms},
+        "mistakes": mistakes,
+    }
