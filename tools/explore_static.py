@@ -163,10 +163,10 @@ def main(argv=None) -> int:
         ev = tokenize_classification(load_text_classification("sst2", "validation"), tok)
         info = train(model, tr, tok, args.steps, [{"params": list(model.parameters()), "lr": args.lr or 5e-5}],
                      seed=args.seed)
+        acc = accuracy(model, ev, tok)  # on DEVICE, before the checkpoint moves to the CPU
         model.to("cpu").save_pretrained(ckpt)
         tok.save_pretrained(ckpt)
-        record(results, {"key": f"{base_key}/fp32", "variant": "fp32", "acc": accuracy(model, ev, tok), **info,
-                         "n_train": len(tr)})
+        record(results, {"key": f"{base_key}/fp32", "variant": "fp32", "acc": acc, **info, "n_train": len(tr)})
         return 0
 
     if not ckpt.exists():
