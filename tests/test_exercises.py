@@ -186,18 +186,17 @@ def test_attempt_reports_an_empty_answer_and_stops_on_a_wrong_one(capsys):
 
 
 def test_committed_parts_of_the_checks_read_the_files(capsys):
-    from labkit.attention.triton_fa2_bench import load_committed
-    from labkit.experiments import fast8bit
+    from labkit.results import load_reference
 
-    committed = load_committed("h100")
+    committed = load_reference("triton_fa2", "h100")[0]
     rows = ea.check_attention_floor(attention_floor, committed)
     assert rows and all(0 < r["fraction_of_floor"] <= 1 for r in rows)
-    ei.check_floor_us(floor_us, fast8bit.load_reference("h100"))
+    ei.check_floor_us(floor_us, load_reference("fast8bit", "h100")[0])
     out = capsys.readouterr().out
     assert "[committed: triton_fa2_h100.json]" in out and "[committed: fast8bit_h100.json]" in out
     with pytest.raises(ClaimFailed, match="committed: fast8bit_h100.json"):  # a floor 10x too high beats the file
         ei.check_floor_us(lambda m, n, k, tb: floor_us(m, n, k, tb) * (1 if tb in (3.0, 2.5, 1.0) else 10),
-                          fast8bit.load_reference("h100"))
+                          load_reference("fast8bit", "h100")[0])
 
 
 def test_tile_kinds_match_the_kernel_loops_and_the_visible_scores():

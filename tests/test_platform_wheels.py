@@ -30,8 +30,13 @@ def _markers_hold(target: str) -> dict[str, bool]:
 def test_triton_installs_on_linux_x86_64_and_aarch64_only():
     assert _markers_hold("linux-x86_64")["triton"] and _markers_hold("linux-aarch64")["triton"]
     assert not _markers_hold("macos-arm64")["triton"]
-    for target in wheels.TARGETS:  # everything else installs everywhere
-        assert all(ok for name, ok in _markers_hold(target).items() if name != "triton"), target
+    for target in wheels.TARGETS:  # everything else installs everywhere, but OpenVINO (no Linux aarch64 wheel)
+        assert all(ok for name, ok in _markers_hold(target).items() if name not in ("triton", "openvino")), target
+
+
+def test_openvino_installs_where_it_publishes_wheels():
+    assert _markers_hold("linux-x86_64")["openvino"] and _markers_hold("macos-arm64")["openvino"]
+    assert not _markers_hold("linux-aarch64")["openvino"]
 
 
 def test_pyproject_installs_triton_where_requirements_does():
