@@ -18,7 +18,7 @@ from labkit.quant.ptq import quantize_dynamic_int8
 
 def _cfg(**kw):
     base = dict(seq_len=32, train_steps=2, train_batch=2, eval_batch=4, prefill_lengths=(32,), prefill_repeat=1,
-                decode_prompt=8, decode_tokens=2, ppl_path="emulated")
+                decode_prompt=8, decode_tokens=2, ppl_path="emulated", dtype="bfloat16")  # the bf16 model of a GPU run
     return hy.HybridConfig.for_profile("quick", "cpu", **(base | kw))
 
 

@@ -163,6 +163,8 @@ class HybridConfig(protocol.Settings):
             cfg = cls(seeds=(0, 1, 2), decode_repeat=5)
         else:
             raise ValueError(f"unknown profile {profile!r}; use 'quick' or 'full'")
+        if device.type != "cuda":  # bf16 matmuls and their backward are emulated, many times slower, on CPUs
+            cfg = replace(cfg, dtype="float32")  # without AVX512-BF16 or AMX (most laptops, AMD EPYC): keep fp32
         return replace(cfg, profile=profile, device=str(device), **overrides)
 
     def torch_dtype(self) -> torch.dtype:
