@@ -47,6 +47,11 @@ CANDIDATES = {
     "b-full-sym": dict(attention=True, outputs=r"output\.dense$", layernorm_inputs=True, activation_dtype="int8"),
     "b-full-sym-w7": dict(attention=True, outputs=r"output\.dense$", layernorm_inputs=True, activation_dtype="int8",
                           weight_bits=7),
+    # 4-bit weights (round to nearest, groups of 128 or 384 along the input) under the same integer encoder
+    "b-full-sym-w4": dict(attention=True, outputs=r"output\.dense$", layernorm_inputs=True, activation_dtype="int8",
+                          weight_bits=4, weight_group_size=128),
+    "b-full-sym-w4-g384": dict(attention=True, outputs=r"output\.dense$", layernorm_inputs=True,
+                               activation_dtype="int8", weight_bits=4, weight_group_size=384),
 }
 OBSERVERS = ("minmax", "percentile", "mse")
 

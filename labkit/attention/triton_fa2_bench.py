@@ -4,7 +4,8 @@ beside the kernel; `python -m labkit.bench triton-fa2` runs it, labkit.experimen
     check_case        correctness at real shapes: O, dQ, dK, dV against float32 math attention (relative error
                       ||x - ref|| / ||ref||), beside the error of PyTorch's FA2 on the same inputs (the yardstick
                       for the dtype's rounding)
-    time_case         forward or backward TFLOP/s of one backend (triton-fa2, fa2 = SDPA flash, cudnn). FLOPs:
+    time_case         forward or backward TFLOP/s of one backend (triton-fa2, fa2 = SDPA flash, cudnn, flash-attn =
+                      the flash-attn package, timed from [B, N, H, D] inputs, its own layout). FLOPs:
                       4 B H N^2 d for the forward (halved when causal), 2.5 times that for the backward
     kernel_breakdown  GPU time per kernel against the wall time of one backward (host-bound or GPU-bound?)
     prefill_case      a causal LM's prefill latency with one backend, and the profiler's proof of the kernel
@@ -17,7 +18,7 @@ import torch
 
 from labkit.attention.kernels import attention_flops, kernel_callable
 
-BACKENDS = ("triton-fa2", "fa2", "cudnn")
+BACKENDS = ("triton-fa2", "fa2", "cudnn", "flash-attn")
 # relative error allowed for O, dQ, dK, dV: the dtype's rounding (a few units of its epsilon, summed over d terms)
 TOLERANCE = {"bfloat16": 2e-2, "float16": 5e-3, "float32": 1e-4}
 
@@ -136,9 +137,10 @@ def kernel_breakdown(backend: str, n: int, head_dim: int, heads: int, calls: int
 
 
 def summary(rows: list[dict]) -> list[str]:
-    """Lines: per direction, head dim and N, TFLOP/s of each backend and triton-fa2's ratio to fa2 and cudnn."""
+    """Lines: per direction, head dim and N, TFLOP/s of each backend and triton-fa2's ratio to each other one."""
     table = {(r["direction"], r["head_dim"], r["seq_len"], r["backend"]): r["tflops"] for r in rows}
-    lines = [f"{'dir':<9}{'d':>4}{'N':>7}" + "".join(f"{b:>12}" for b in BACKENDS) + "   vs fa2  vs cudnn"]
+    lines = [f"{'dir':<9}{'d':>4}{'N':>7}" + "".join(f"{b:>12}" for b in BACKENDS)
+             + " " + " ".join(f"{'vs ' + b:>8}" for b in BACKENDS[1:])]
     for direction, d, n in sorted({k[:3] for k in table}):
         vals = [table.get((direction, d, n, b)) for b in BACKENDS]
         ratio = [f"{vals[0] / x:8.2f}" if vals[0] and x else "     n/a" for x in vals[1:]]
