@@ -43,6 +43,8 @@ def test_the_pattern_catches_what_it_should():
     assert find_phrases("the source recipe's own scale") and find_phrases("The source recipe's selection")
     assert find_phrases("The first\n    version of this model added every part")
     assert find_phrases("as in an earlier session") and find_phrases("the project's history")
+    assert find_phrases("fixed in issue #24") and find_phrases("the ticket says") and find_phrases("per the source recipe")
+    assert find_phrases("The first version of the model trained every layer")
     assert not find_phrases("The lab's targets: accuracy within 0.3 points") and not find_phrases("tissue, issuer")
     assert not find_phrases("the recipe of notebook 03") and not find_phrases("the first token's version")
 

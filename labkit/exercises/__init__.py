@@ -8,6 +8,7 @@ answer)` turns only that case into a "not attempted yet" line, so Run All on an 
     attempt(attention.check_online_softmax, my_online_softmax)
 
     exercises.attention   notebooks 02 and 02b (online softmax, causal tiles, HBM traffic, a Triton kernel)
+    exercises.hybrid      notebook 03 (weight bytes of the hybrid, all block Linears in INT8, the tied head)
     exercises.int8        notebook 03b (per-channel INT8, the floor of one call, the launch grid)
     exercises.training    notebook 04 (training memory, data-parallel batches)
 """
