@@ -75,7 +75,8 @@ def test_converted_or_unknown_or_missing_is_refused(tmp_path):
 
 def test_trained_pair_is_trained_once_then_loaded_from_the_user_cache(tiny_data_dir, tmp_path, monkeypatch):
     from labkit.experiments.qat_bert import QATBertConfig
-    from labkit.experiments.qat_bert.saved_models import cached_run, trained_pair
+    from labkit.experiments.qat_bert.pipeline import trained_pair
+    from labkit.experiments.qat_bert.saved_models import cached_run
 
     monkeypatch.setenv("LABKIT_CACHE_DIR", str(tmp_path / "cache"))
     cfg = QATBertConfig.for_profile("quick", n_train=4, n_eval=2, batch_size=2, fp32_steps=1, extra_steps=1,

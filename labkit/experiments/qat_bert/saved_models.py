@@ -8,7 +8,7 @@ Stages: "fp32", "fp32-extra" and "qat" (saved *before* `convert_qat`: fake-quant
 ready for `convert_qat` or export). Loading reads safetensors only: no pickle, no code runs on load. The JSON is
 written last, so a stage whose JSON exists was saved whole.
 
-`trained_pair(cfg)` is the way to jump ahead: the FP32 and QAT models of a (quick) budget, trained once and kept in
+`pipeline.trained_pair(cfg)` is the way to jump ahead: the FP32 and QAT models of a (quick) budget, trained once and kept in
 the user cache (`cached_run(cfg)`, outside the repository: weights are never committed), loaded on every later call.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -152,31 +151,5 @@ def cached_run(cfg) -> Path:
     return cache_dir() / "qat_bert" / f"{str(cfg.model).replace('/', '--')}-{key}"
 
 
-def trained_pair(cfg, *, cache: bool = True) -> dict:
-    """The FP32 fine-tune and the converted QAT INT8 model of `cfg` (a QATBertConfig, seed `cfg.seed`), trained
-    as notebook 01's recipe trains them, or loaded from the user cache where an earlier call (a lesson, its
-    solutions, a test) saved them. Returns fp32, qat (on the CPU), tokenizer, eval_ds and info (`from_cache`, the
-    folder, seconds). cache=False trains and keeps nothing."""
-    from dataclasses import replace
-
-    from labkit.experiments.qat_bert.pipeline import load_data, make_qat, train
-    from labkit.models import load_classifier
-
-    t0 = time.perf_counter()
-    torch.manual_seed(cfg.seed)  # the new 2-way head is initialised at random
-    fp32, tokenizer = load_classifier(cfg.model, num_labels=2, device="cpu")
-    train_ds, eval_ds = load_data(cfg, tokenizer)
-    cfg = replace(cfg, **dict(zip(("fp32_steps", "extra_steps"), cfg.steps_for(len(train_ds)))))
-    run = cached_run(cfg) if cache else None
-    from_cache = run is not None and {"fp32", "qat"} <= set(saved_stages(run, cfg.seed))
-    store = SeedModels(run, cfg)
-    fp32, fp32_info = store.trained("fp32", fp32, lambda m: train(m, train_ds, tokenizer, cfg, cfg.fp32_steps,
-                                                                   cfg.lr, "fp32"))
-    qat, qat_info = make_qat(fp32, cfg, train_ds, tokenizer, store=store)  # a prepared copy: fp32 stays
-    info = {"fp32": fp32_info, "qat": qat_info, "from_cache": from_cache, "folder": None if run is None else str(run),
-            "seconds": round(time.perf_counter() - t0, 1), "n_train": len(train_ds), "n_eval": len(eval_ds)}
-    return {"fp32": fp32.eval(), "qat": qat.eval(), "tokenizer": tokenizer, "eval_ds": eval_ds, "info": info}
-
-
-__all__ = ["STAGES", "SavedModelError", "SeedModels", "cached_run", "load_trained", "trained_pair", "save_trained", "saved_stages", "stage_files",
+__all__ = ["STAGES", "SavedModelError", "SeedModels", "cached_run", "load_trained", "save_trained", "saved_stages", "stage_files",
            "trained_info"]
