@@ -71,3 +71,24 @@ def test_converted_or_unknown_or_missing_is_refused(tmp_path):
     save_trained(tmp_path, 0, "fp32", _tiny())
     with pytest.raises(SavedModelError, match="does not fit"):
         load_trained(tmp_path, 0, "fp32", nn.Sequential(nn.Embedding(50, 16), nn.Linear(16, 3)))
+
+
+def test_trained_pair_is_trained_once_then_loaded_from_the_user_cache(tiny_data_dir, tmp_path, monkeypatch):
+    from labkit.experiments.qat_bert import QATBertConfig
+    from labkit.experiments.qat_bert.pipeline import trained_pair
+    from labkit.experiments.qat_bert.saved_models import cached_run
+
+    monkeypatch.setenv("LABKIT_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = QATBertConfig.for_profile("quick", n_train=4, n_eval=2, batch_size=2, fp32_steps=1, extra_steps=1,
+                                    data_dir=str(tiny_data_dir))
+    first = trained_pair(cfg)
+    assert not first["info"]["from_cache"] and cached_run(cfg).is_relative_to(tmp_path / "cache")
+    again = trained_pair(cfg)
+    assert again["info"]["from_cache"] and again["info"]["folder"] == first["info"]["folder"]
+    batch = {"input_ids": torch.randint(1000, 2000, (2, 8))}
+    with torch.no_grad():
+        for k in ("fp32", "qat"):
+            assert torch.equal(first[k](**batch).logits, again[k](**batch).logits), k
+    other = QATBertConfig.for_profile("quick", n_train=4, n_eval=2, batch_size=2, fp32_steps=2, extra_steps=1,
+                                      data_dir=str(tiny_data_dir))
+    assert cached_run(other) != cached_run(cfg)  # another budget never loads these weights

@@ -528,3 +528,28 @@ def run_legacy(result: QATBertResult, steps: int | None = None) -> dict:
                 "fp32_latency_ms_b8_same_session": lat_fp32.median_ms},
         "mistakes": mistakes,
     }
+
+
+def trained_pair(cfg, *, cache: bool = True) -> dict:
+    """The FP32 fine-tune and the converted QAT INT8 model of `cfg` (a QATBertConfig, seed `cfg.seed`), trained
+    as notebook 01's recipe trains them, or loaded from the user cache where an earlier call (a lesson, its
+    solutions, a test) saved them. Returns fp32, qat (on the CPU), tokenizer, eval_ds and info (`from_cache`, the
+    folder, seconds). cache=False trains and keeps nothing."""
+    t0 = time.perf_counter()
+    from labkit.experiments.qat_bert.saved_models import cached_run, saved_stages
+    torch.manual_seed(cfg.seed)  # the new 2-way head is initialised at random
+    fp32, tokenizer = load_classifier(cfg.model, num_labels=2, device="cpu")
+    train_ds, eval_ds = load_data(cfg, tokenizer)
+    cfg = replace(cfg, **dict(zip(("fp32_steps", "extra_steps"), cfg.steps_for(len(train_ds)))))
+    run = cached_run(cfg) if cache else None
+    from_cache = run is not None and {"fp32", "qat"} <= set(saved_stages(run, cfg.seed))
+    store = SeedModels(run, cfg)
+    fp32, fp32_info = store.trained("fp32", fp32, lambda m: train(m, train_ds, tokenizer, cfg, cfg.fp32_steps,
+                                                                   cfg.lr, "fp32"))
+    qat, qat_info = make_qat(fp32, cfg, train_ds, tokenizer, store=store)  # a prepared copy: fp32 stays
+    info = {"fp32": fp32_info, "qat": qat_info, "from_cache": from_cache, "folder": None if run is None else str(run),
+            "seconds": round(time.perf_counter() - t0, 1), "n_train": len(train_ds), "n_eval": len(eval_ds)}
+    return {"fp32": fp32.eval(), "qat": qat.eval(), "tokenizer": tokenizer, "eval_ds": eval_ds, "info": info}
+
+
+

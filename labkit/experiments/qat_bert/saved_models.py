@@ -7,10 +7,14 @@ Stages: "fp32", "fp32-extra" and "qat" (saved *before* `convert_qat`: fake-quant
 `load_trained` puts the weights back into a fresh copy of the base model (for "qat" after the same `prepare_qat`,
 ready for `convert_qat` or export). Loading reads safetensors only: no pickle, no code runs on load. The JSON is
 written last, so a stage whose JSON exists was saved whole.
+
+`pipeline.trained_pair(cfg)` is the way to jump ahead: the FP32 and QAT models of a (quick) budget, trained once and kept in
+the user cache (`cached_run(cfg)`, outside the repository: weights are never committed), loaded on every later call.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -137,5 +141,15 @@ class SeedModels:
         return base, info
 
 
-__all__ = ["STAGES", "SavedModelError", "SeedModels", "load_trained", "save_trained", "saved_stages", "stage_files",
+def cached_run(cfg) -> Path:
+    """The user-cache folder for the models trained with `cfg`'s training settings (a QATBertConfig): one folder per
+    model and settings, named by their hash, so another budget never loads these weights."""
+    from labkit.models import cache_dir
+
+    training = SeedModels(None, cfg).training
+    key = hashlib.sha256(json.dumps(training, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return cache_dir() / "qat_bert" / f"{str(cfg.model).replace('/', '--')}-{key}"
+
+
+__all__ = ["STAGES", "SavedModelError", "SeedModels", "cached_run", "load_trained", "save_trained", "saved_stages", "stage_files",
            "trained_info"]
