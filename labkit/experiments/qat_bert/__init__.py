@@ -26,11 +26,12 @@ from labkit.experiments.qat_bert.pipeline import (
     run_legacy,
     run_qat_bert,
     train,
+    trained_pair,
 )
-from labkit.experiments.qat_bert.saved_models import load_trained, save_trained, saved_stages
+from labkit.experiments.qat_bert.saved_models import SeedModels, cached_run, load_trained, save_trained, saved_stages
 
 __all__ = [
     "DATASETS", "LABELS", "VARIANTS", "QATBertConfig", "QATBertResult", "accuracy_changes", "batches",
     "compile_settings", "evaluate", "latency_inputs", "load_data", "load_trained", "results_frame", "run_legacy",
-    "run_qat_bert", "save_trained", "saved_stages", "targets", "train",
+    "run_qat_bert", "save_trained", "saved_stages", "targets", "train", "trained_pair", "SeedModels", "cached_run",
 ]
